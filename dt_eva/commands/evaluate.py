@@ -1,0 +1,13 @@
+"""`dt-eva evaluate` (not implemented yet)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def run(args: argparse.Namespace) -> int:
+    raise NotImplementedError("dt-eva evaluate is not implemented yet")
