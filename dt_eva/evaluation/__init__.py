@@ -1,1 +1,41 @@
-"""(under construction)"""
+"""Batched online evaluation of Decision Transformers on Meta-World.
+
+`evaluate_policy(model, tasks, ...)` rolls out all episodes in lock-step (one model forward per
+step for all envs) and returns success at any step, success at the final step and returns per
+task; `evaluate_run(run_dir, ...)` does it for a run directory and writes `eval.json`.
+Conventions (return conditioning, goal-layout seeds) are in `metrics.py` and `slots.py`.
+"""
+
+from dt_eva.evaluation.evaluate import DEFAULT_MAX_ENVS, check_model_fits_envs, evaluate_policy, resolve_target_returns
+from dt_eva.evaluation.metrics import (
+    episode_success,
+    flatten_scalars,
+    mean_over_tasks,
+    summarize_task,
+    update_returns_to_go,
+)
+from dt_eva.evaluation.rollout import EpisodeBatch, eval_mode, rollout_lockstep, rollout_reference_episode
+from dt_eva.evaluation.run_eval import evaluate_run
+from dt_eva.evaluation.slots import EVAL_SEED_OFFSET, LayoutEnv, SlotPool, episode_layout, task_layouts
+
+__all__ = [
+    "DEFAULT_MAX_ENVS",
+    "EVAL_SEED_OFFSET",
+    "EpisodeBatch",
+    "LayoutEnv",
+    "SlotPool",
+    "check_model_fits_envs",
+    "episode_layout",
+    "episode_success",
+    "eval_mode",
+    "evaluate_policy",
+    "evaluate_run",
+    "flatten_scalars",
+    "mean_over_tasks",
+    "resolve_target_returns",
+    "rollout_lockstep",
+    "rollout_reference_episode",
+    "summarize_task",
+    "task_layouts",
+    "update_returns_to_go",
+]

@@ -1,1 +1,16 @@
-"""(under construction)"""
+"""The Decision Transformer (contract: docs/architecture.md, "Model: dt_eva.models")."""
+
+from .attention import CausalSelfAttention, flash_attn_available
+from .config import ATTN_BACKENDS, TOKEN_LAYOUTS, DTConfig
+from .decision_transformer import DT_ADAPTER_TARGETS, TOKEN_TYPES, DecisionTransformer
+
+__all__ = [
+    "ATTN_BACKENDS",
+    "CausalSelfAttention",
+    "DT_ADAPTER_TARGETS",
+    "DTConfig",
+    "DecisionTransformer",
+    "TOKEN_LAYOUTS",
+    "TOKEN_TYPES",
+    "flash_attn_available",
+]

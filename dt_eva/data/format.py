@@ -1,0 +1,250 @@
+"""The on-disk dataset format (see `data/README.md`) and its validating, memory-mapped loader.
+
+    <dataset>/metadata.json          how the dataset was made; written last, so its presence
+                                     means the collection finished
+    <dataset>/<task-v3>/*.npy        dense per-task arrays, one directory per task
+    <dataset>/<task-v3>/task.json    per-task parameters and statistics
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from dt_eva.envs.registry import ACT_DIM, EPISODE_LENGTH, STATE_DIM, resolve_task, resolve_tasks
+
+FORMAT_VERSION = 1
+METADATA_FILE = "metadata.json"
+TASK_FILE = "task.json"
+
+# name -> (dtype, shape after the episode axis)
+ARRAY_SPECS: dict[str, tuple[np.dtype, tuple[int, ...]]] = {
+    "observations": (np.dtype(np.float32), (EPISODE_LENGTH, STATE_DIM)),
+    "actions": (np.dtype(np.float32), (EPISODE_LENGTH, ACT_DIM)),
+    "rewards": (np.dtype(np.float32), (EPISODE_LENGTH,)),
+    "successes": (np.dtype(np.bool_), (EPISODE_LENGTH,)),
+    "returns_to_go": (np.dtype(np.float32), (EPISODE_LENGTH,)),
+    "noise": (np.dtype(np.float32), ()),
+    "random_prefix": (np.dtype(np.int32), ()),
+}
+
+_FINITE_CHECK_EPISODES = 256  # chunk size of the finiteness scan (bounded memory on big datasets)
+_RTG_TOLERANCE = 1e-3
+
+
+class DatasetError(ValueError):
+    """A dataset file is missing, unreadable or inconsistent; the message names the file."""
+
+
+class OfflineDataset:
+    """A loaded, validated dataset: per-task arrays (memory-mapped by default) plus metadata."""
+
+    def __init__(self, path: Path, metadata: dict, arrays: dict[str, dict[str, np.ndarray]],
+                 task_info: dict[str, dict]):
+        self.path = Path(path)
+        self.metadata = metadata
+        self.tasks: list[str] = list(arrays)
+        self._arrays = arrays
+        self._task_info = task_info
+
+    @property
+    def state_dim(self) -> int:
+        return STATE_DIM
+
+    @property
+    def act_dim(self) -> int:
+        return ACT_DIM
+
+    @property
+    def episode_length(self) -> int:
+        return EPISODE_LENGTH
+
+    def _key(self, task: str) -> str:
+        name = resolve_task(task)
+        if name not in self._arrays:
+            raise ValueError(
+                f"task {name} is not in dataset {self.path} (loaded tasks: {', '.join(self.tasks)})"
+            )
+        return name
+
+    def task_arrays(self, task: str) -> dict[str, np.ndarray]:
+        """Arrays of one task: observations, actions, rewards, successes, returns_to_go, noise,
+        random_prefix (read-only memory maps unless loaded with `mmap=False`)."""
+        return dict(self._arrays[self._key(task)])
+
+    def task_info(self, task: str) -> dict:
+        """The task's `task.json`: collection parameters and return / success statistics."""
+        return self._task_info[self._key(task)]
+
+    def num_episodes(self, task: str) -> int:
+        return int(self._arrays[self._key(task)]["observations"].shape[0])
+
+    def max_return(self, task: str) -> float:
+        """Highest episode return of `task` in the data (the paper's evaluation target return)."""
+        return float(np.max(self._arrays[self._key(task)]["returns_to_go"][:, 0]))
+
+    def __repr__(self) -> str:
+        eps = sum(self.num_episodes(t) for t in self.tasks)
+        return f"OfflineDataset({str(self.path)!r}, tasks={len(self.tasks)}, episodes={eps})"
+
+
+def load_dataset(path: str | Path, tasks: str | Iterable[str] | None = None, mmap: bool = True) -> OfflineDataset:
+    """Load and validate a dataset written by `collect_dataset` / `dt-eva collect`.
+
+    `tasks`: a subset (`"cw10"`, `"hammer,push"`, a list); default all recorded tasks. Every
+    selected task's files are checked for presence, dtype, shape, finiteness and mutual
+    consistency; a problem raises `ValueError` naming the file. `mmap=True` maps the arrays
+    read-only instead of reading them into memory.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset directory {root} does not exist: create it with `dt-eva collect --out {root}`")
+    meta_path = root / METADATA_FILE
+    on_disk = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not meta_path.is_file():
+        if on_disk:
+            raise DatasetError(
+                f"{meta_path} is missing: the collection into {root} did not finish "
+                f"(task directories present: {', '.join(on_disk)}). Re-run the same `dt-eva collect` "
+                "command to resume it."
+            )
+        raise FileNotFoundError(f"{root} is not a dt-eva dataset: {meta_path} is missing")
+    metadata = read_json(meta_path)
+    if metadata.get("format_version") != FORMAT_VERSION:
+        raise DatasetError(
+            f"{meta_path}: format_version {metadata.get('format_version')!r} is not supported "
+            f"(this dt_eva reads version {FORMAT_VERSION}); re-collect the dataset"
+        )
+    recorded = metadata.get("tasks")
+    if not isinstance(recorded, list) or not recorded:
+        raise DatasetError(f"{meta_path}: 'tasks' must be a non-empty list of task names")
+    unrecorded = [name for name in on_disk if name not in recorded]
+    if unrecorded:
+        raise DatasetError(
+            f"{root} holds task directories not listed in {meta_path}: {', '.join(unrecorded)}. "
+            "An extending `dt-eva collect` run did not finish: re-run it, or remove those directories."
+        )
+    selected = recorded if tasks is None else resolve_tasks(tasks)
+    missing = [t for t in selected if t not in recorded]
+    if missing:
+        raise ValueError(
+            f"dataset {root} has no data for {', '.join(missing)} (it holds: {', '.join(recorded)})"
+        )
+    arrays: dict[str, dict[str, np.ndarray]] = {}
+    infos: dict[str, dict] = {}
+    for task in selected:
+        task_dir = root / task
+        if not task_dir.is_dir():
+            raise DatasetError(f"{task_dir} is missing although {meta_path} lists {task}; re-run `dt-eva collect`")
+        infos[task], arrays[task] = read_task_dir(task_dir, mmap=mmap)
+    return OfflineDataset(root, metadata, arrays, infos)
+
+
+def read_task_dir(task_dir: str | Path, mmap: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
+    """Read and validate one task directory; returns (task.json content, arrays)."""
+    task_dir = Path(task_dir)
+    info_path = task_dir / TASK_FILE
+    if not info_path.is_file():
+        raise DatasetError(f"{info_path} is missing (incomplete task directory); delete {task_dir} and re-run `dt-eva collect`")
+    info = read_json(info_path)
+    if info.get("task") != task_dir.name:
+        raise DatasetError(f"{info_path}: 'task' is {info.get('task')!r} but the directory is {task_dir.name}")
+    episodes = info.get("episodes")
+    if not isinstance(episodes, int) or episodes < 1:
+        raise DatasetError(f"{info_path}: 'episodes' must be a positive int, got {episodes!r}")
+    arrays = {name: _load_array(task_dir / f"{name}.npy", mmap, episodes) for name in ARRAY_SPECS}
+    _check_values(task_dir, arrays)
+    return info, arrays
+
+
+def read_json(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DatasetError(f"{path}: cannot be read as JSON ({e})") from e
+    if not isinstance(obj, dict):
+        raise DatasetError(f"{path}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _load_array(path: Path, mmap: bool, episodes: int) -> np.ndarray:
+    dtype, tail = ARRAY_SPECS[path.stem]
+    if not path.is_file():
+        raise DatasetError(f"{path} is missing; delete {path.parent} and re-run `dt-eva collect`")
+    try:
+        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except Exception as e:  # numpy raises ValueError / OSError / EOFError for damaged files
+        raise DatasetError(f"{path}: not a readable .npy array ({type(e).__name__}: {e})") from e
+    expected = (episodes, *tail)
+    if arr.dtype != dtype:
+        raise DatasetError(f"{path}: dtype {arr.dtype}, expected {dtype}")
+    if arr.shape != expected:
+        raise DatasetError(f"{path}: shape {arr.shape}, expected {expected} ([episodes={episodes}, ...] from task.json)")
+    return arr
+
+
+def _check_values(task_dir: Path, arrays: dict[str, np.ndarray]) -> None:
+    for name, arr in arrays.items():
+        if arr.dtype.kind != "f":
+            continue
+        for start in range(0, arr.shape[0], _FINITE_CHECK_EPISODES):
+            chunk = np.asarray(arr[start : start + _FINITE_CHECK_EPISODES])
+            if not np.isfinite(chunk).all():
+                bad = start + int(np.argwhere(~np.isfinite(chunk))[0][0])
+                raise DatasetError(f"{task_dir / (name + '.npy')}: non-finite values (first in episode {bad})")
+    actions = arrays["actions"]
+    for start in range(0, actions.shape[0], _FINITE_CHECK_EPISODES):
+        if np.abs(np.asarray(actions[start : start + _FINITE_CHECK_EPISODES])).max() > 1.0:
+            raise DatasetError(f"{task_dir / 'actions.npy'}: actions outside [-1, 1]")
+    rewards = np.asarray(arrays["rewards"], dtype=np.float64)
+    rtg = np.asarray(arrays["returns_to_go"], dtype=np.float64)
+    totals = rewards.sum(axis=1)
+    tol = _RTG_TOLERANCE * np.maximum(1.0, np.abs(totals))
+    if not (np.abs(rtg[:, 0] - totals) <= tol).all() or not np.allclose(rtg[:, -1], rewards[:, -1]):
+        raise DatasetError(
+            f"{task_dir / 'returns_to_go.npy'}: does not match the reverse cumulative sum of rewards.npy"
+        )
+    if (np.asarray(arrays["noise"]) < 0).any():
+        raise DatasetError(f"{task_dir / 'noise.npy'}: negative noise std")
+    prefix = np.asarray(arrays["random_prefix"])
+    if ((prefix < 0) | (prefix > EPISODE_LENGTH)).any():
+        raise DatasetError(f"{task_dir / 'random_prefix.npy'}: values outside 0..{EPISODE_LENGTH}")
+
+
+def dataset_summary(meta: dict[str, Any]) -> str:
+    """A printable table of per-task return / success statistics from metadata.json."""
+    lines = [
+        f"{'task':<28} {'eps':>5} {'return mean':>11} {'min':>8} {'max':>8} {'succ any':>8} {'succ final':>10}"
+    ]
+    rows = meta.get("stats", {})
+    for task in meta.get("tasks", []):
+        s = rows.get(task, {}).get("all")
+        if not s:
+            continue
+        lines.append(
+            f"{task:<28} {s['episodes']:>5} {s['return_mean']:>11.1f} {s['return_min']:>8.1f} "
+            f"{s['return_max']:>8.1f} {s['success_any']:>8.2f} {s['success_final']:>10.2f}"
+        )
+    mean = meta.get("mean")
+    if mean:
+        lines.append(
+            f"{'mean':<28} {'':>5} {mean['return_mean']:>11.1f} {'':>8} {'':>8} "
+            f"{mean['success_any']:>8.2f} {mean['success_final']:>10.2f}"
+        )
+    modes: dict[tuple[float, int], list[dict]] = {}
+    for task in meta.get("tasks", []):
+        for m in rows.get(task, {}).get("by_mode", []):
+            modes.setdefault((m["noise"], m["random_prefix"]), []).append(m)
+    if len(modes) > 1:
+        lines.append("")
+        lines.append(f"{'noise std':>9} {'rand steps':>10} {'tasks':>5} {'return mean':>11} {'succ any':>8} {'succ final':>10}")
+        for (noise, prefix), ms in modes.items():
+            lines.append(
+                f"{noise:>9.2f} {prefix:>10d} {len(ms):>5} {np.mean([m['return_mean'] for m in ms]):>11.1f} "
+                f"{np.mean([m['success_any'] for m in ms]):>8.2f} {np.mean([m['success_final'] for m in ms]):>10.2f}"
+            )
+    return "\n".join(lines)

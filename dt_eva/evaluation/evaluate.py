@@ -1,0 +1,249 @@
+"""`evaluate_policy` (a model, online, on Meta-World) and `evaluate_run` (a run directory -> eval.json).
+
+Scheduling: the (task, episode) pairs are ordered episode-major (episode 0 of every task, then
+episode 1, ...) and cut into chunks of `num_envs`; each chunk is one lock-step batch of 200 steps
+with one model forward per step. Envs are pooled per task and reused across chunks (building one
+costs ~0.25 s, its layouts ~1.1 s per task). Episode j of a task always plays the same goal layout
+(`slots.episode_layout`), so results do not depend on `num_envs` beyond float rounding of the
+batched forward.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+from torch import nn
+
+from dt_eva.envs import ACT_DIM, EPISODE_LENGTH, STATE_DIM, resolve_task, resolve_tasks
+from dt_eva.evaluation.metrics import mean_over_tasks, summarize_task
+from dt_eva.evaluation.rollout import eval_mode, rollout_lockstep
+from dt_eva.evaluation.slots import LayoutEnv, SlotPool, check_eval_seed, episode_layout, task_layouts
+
+#: Lock-step envs when `num_envs` is None: all episodes at once up to this many (each env holds
+#: ~16 MB and costs ~0.25 s to build; beyond a few dozen the batched forward is already amortised).
+DEFAULT_MAX_ENVS = 64
+
+
+def evaluate_policy(
+    model: nn.Module,
+    tasks: str | Iterable[str],
+    episodes: int = 30,
+    seed: int = 0,
+    target_returns: float | Mapping[str, float] | None = None,
+    rtg_scale: float = 200.0,
+    reward_scale: float = 200.0,
+    num_envs: int | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+    video_dir: str | Path | None = None,
+    *,
+    dataset: Any = None,
+    asynchronous: bool = False,
+) -> dict[str, Any]:
+    """Roll out a Decision Transformer online on Meta-World; success and returns per task.
+
+    Args:
+        model: a `dt_eva.models.DecisionTransformer` (or anything with its `cfg` and
+            `predict_last_action`); moved to `device`, run in eval mode (its train flag is restored).
+        tasks: `"cw10"`, `"mt40"`, a comma list or a list of task names.
+        episodes: episodes per task; episode j plays layout `episode_layout(seed, j)`.
+        seed: evaluation seed; MT1 seeds `seed + 10_000 + j // 50` (disjoint from training data).
+        target_returns: raw target return, one number for all tasks or a task -> number mapping;
+            tasks without one use the maximum return in `dataset` (the paper's rule).
+        rtg_scale, reward_scale: divide returns-to-go / rewards before they reach the model (as in
+            training); R <- min(R - r / rtg_scale, R0) in scaled units after every step.
+        num_envs: envs stepped in lock-step (one forward per step for all); None = all episodes
+            of all tasks, at most `DEFAULT_MAX_ENVS`.
+        video_dir: if given, a GIF of episode 0 of every task goes there when rendering works
+            (otherwise a warning).
+        dataset: an `OfflineDataset` or a dataset path, for the target returns.
+        asynchronous: step envs in worker processes (one per env; gymnasium `AsyncVectorEnv`).
+
+    Returns the dict documented in docs/architecture.md ("Evaluation"); `seconds` is the whole
+    call, `env_steps_per_s` counts the rollouts only (env construction and video excluded).
+    """
+    start = time.perf_counter()
+    task_list = resolve_tasks(tasks)
+    if not task_list:
+        raise ValueError(f"no tasks to evaluate in {tasks!r}; pass e.g. 'cw10' or 'hammer,push'")
+    _check_positive_int("episodes", episodes)
+    check_eval_seed(seed, episodes)
+    if num_envs is not None:
+        _check_positive_int("num_envs", num_envs)
+    for name, value in (("rtg_scale", rtg_scale), ("reward_scale", reward_scale)):
+        if not isinstance(value, numbers.Real) or not value > 0 or not math.isfinite(value):
+            raise ValueError(f"{name} must be a positive number (the training data's scaling), got {value!r}")
+    check_model_fits_envs(model)
+    targets = resolve_target_returns(task_list, target_returns, dataset)
+
+    model.to(device)
+    jobs = [(task, j) for j in range(episodes) for task in task_list]  # episode-major: see module doc
+    chunk = min(len(jobs), num_envs or DEFAULT_MAX_ENVS)
+    returns = {t: np.zeros(episodes) for t in task_list}
+    successes = {t: np.zeros((episodes, EPISODE_LENGTH), dtype=bool) for t in task_list}
+    first_actions: dict[str, np.ndarray] = {}
+    rollout_seconds = 0.0
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(jobs) * EPISODE_LENGTH, unit="step", desc="evaluate", disable=not progress, leave=False)
+    envs = _LockstepEnvs(asynchronous)
+    try:
+        with eval_mode(model):
+            for lo in range(0, len(jobs), chunk):
+                batch_jobs = jobs[lo : lo + chunk]
+                vec = envs.prepare(batch_jobs, seed)
+                t0 = time.perf_counter()
+                result = rollout_lockstep(
+                    model, vec, np.array([targets[t] for t, _ in batch_jobs]), rtg_scale, reward_scale,
+                    on_step=bar.update,
+                )
+                rollout_seconds += time.perf_counter() - t0
+                for i, (task, j) in enumerate(batch_jobs):
+                    returns[task][j] = result.returns[i]
+                    successes[task][j] = result.successes[i]
+                    if j == 0:
+                        first_actions[task] = result.actions[i]
+    finally:
+        bar.close()
+        envs.close()
+
+    per_task = {t: summarize_task(returns[t], successes[t], targets[t]) for t in task_list}
+    out: dict[str, Any] = {
+        "tasks": per_task,
+        "mean": mean_over_tasks(per_task),
+        "episodes": int(episodes),
+        "seed": int(seed),
+        "seconds": 0.0,
+        "env_steps_per_s": len(jobs) * EPISODE_LENGTH / max(rollout_seconds, 1e-9),
+        "num_envs": int(chunk),
+        "rtg_scale": float(rtg_scale),
+        "reward_scale": float(reward_scale),
+    }
+    if video_dir is not None:
+        from dt_eva.evaluation.video import write_episode_gifs
+
+        videos = write_episode_gifs(
+            video_dir,
+            [{"task": t, "layout": episode_layout(seed, 0), "actions": first_actions[t]} for t in task_list],
+        )
+        out["videos"] = videos
+    out["seconds"] = time.perf_counter() - start
+    return out
+
+
+class _LockstepEnvs:
+    """The vector env of each chunk: pooled `LayoutEnv`s (sync) or worker processes (async)."""
+
+    def __init__(self, asynchronous: bool) -> None:
+        self.asynchronous = asynchronous
+        self._pool = SlotPool()
+        self._async_vec = None
+        self._async_tasks: tuple[str, ...] = ()
+
+    def prepare(self, jobs: list[tuple[str, int]], seed: int):
+        import gymnasium as gym
+
+        tasks = [t for t, _ in jobs]
+        layouts = [episode_layout(seed, j) for _, j in jobs]
+        if not self.asynchronous:
+            for task, (mt1_seed, _) in zip(tasks, layouts):
+                task_layouts(task, mt1_seed)  # generate (and cache) layouts up front
+            slot_envs = self._pool.take(tasks)
+            for env, layout in zip(slot_envs, layouts):
+                env.layout = layout
+            return gym.vector.SyncVectorEnv([functools.partial(_same, e) for e in slot_envs], copy=False)
+        if tuple(tasks) != self._async_tasks:  # same task mix as the last chunk: keep the workers
+            self.close()
+            self._async_vec = gym.vector.AsyncVectorEnv(
+                [functools.partial(LayoutEnv, t) for t in tasks], context="forkserver", copy=False
+            )
+            self._async_tasks = tuple(tasks)
+        self._async_vec.set_attr("layout", layouts)
+        return self._async_vec
+
+    def close(self) -> None:
+        if self._async_vec is not None:
+            self._async_vec.close()
+            self._async_vec, self._async_tasks = None, ()
+        if not self.asynchronous:
+            self._pool.close()
+
+
+def _same(env):
+    return env
+
+
+def check_model_fits_envs(model: nn.Module) -> None:
+    """`ValueError` unless the model's state / action sizes and episode length fit Meta-World."""
+    cfg = getattr(model, "cfg", None)
+    if cfg is None or not hasattr(model, "predict_last_action"):
+        raise ValueError(f"evaluate_policy needs a dt_eva DecisionTransformer, got {type(model).__name__}")
+    if (cfg.state_dim, cfg.act_dim) != (STATE_DIM, ACT_DIM):
+        raise ValueError(
+            f"the model takes state_dim={cfg.state_dim}, act_dim={cfg.act_dim} but Meta-World has "
+            f"state_dim={STATE_DIM}, act_dim={ACT_DIM}: it was not trained on Meta-World data"
+        )
+    if cfg.max_ep_len < EPISODE_LENGTH:
+        raise ValueError(
+            f"the model's max_ep_len={cfg.max_ep_len} is shorter than Meta-World's {EPISODE_LENGTH}-step episodes"
+        )
+
+
+def resolve_target_returns(
+    tasks: list[str], target_returns: float | Mapping[str, float] | None, dataset: Any = None
+) -> dict[str, float]:
+    """Raw target return per task: given ones first, the rest from `dataset.max_return(task)`."""
+    if isinstance(target_returns, numbers.Real) and not isinstance(target_returns, bool):
+        given = {t: float(target_returns) for t in tasks}
+    elif target_returns is None:
+        given = {}
+    elif isinstance(target_returns, Mapping):
+        given = {resolve_task(t): float(v) for t, v in target_returns.items()}
+    else:
+        raise ValueError(f"target_returns must be a number, a task -> number mapping or None, got {target_returns!r}")
+    for task, value in given.items():
+        if not math.isfinite(value):
+            raise ValueError(f"target return for {task} must be finite, got {value}")
+    missing = [t for t in tasks if t not in given]
+    if missing:
+        ds = _open_dataset(dataset, missing)
+        absent = [t for t in missing if t not in ds.tasks]
+        if absent:
+            raise ValueError(
+                f"dataset {ds.path} has no data for {absent}, so their target returns are unknown; "
+                "pass target returns (CLI: --target-return X)"
+            )
+        given.update({t: float(ds.max_return(t)) for t in missing})
+    return {t: given[t] for t in tasks}
+
+
+def _open_dataset(dataset: Any, tasks: list[str]):
+    if dataset is None:
+        raise ValueError(
+            f"no target return for {tasks}: pass target returns (CLI: --target-return X) or the "
+            "training dataset, whose maximum return per task is the default target"
+        )
+    if hasattr(dataset, "max_return"):
+        return dataset
+    path = Path(dataset)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"dataset {path} (needed for the default target returns: the maximum return per task) "
+            "does not exist; pass target returns instead (CLI: --target-return X) or collect it "
+            "with `dt-eva collect`"
+        )
+    from dt_eva.data import load_dataset
+
+    return load_dataset(path)
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")

@@ -1,0 +1,61 @@
+"""Dropout whose CPU mask costs a fraction of `torch.nn.functional.dropout`'s.
+
+On CPU, PyTorch draws one Mersenne-Twister number per element for a dropout mask (`bernoulli_`),
+which made dropout ~30 % of a tiny DT training step. Here one 64-bit draw gives four 16-bit
+uniform integers, each compared with a threshold: the same Bernoulli mask distribution, with the
+drop probability rounded to a multiple of 2^-16 (0.1 -> 0.100006), and ~3x less time. Other
+devices (CUDA's Philox generator is fast) use `F.dropout`. Draws come from torch's default
+generator, so `torch.manual_seed` / RNG-state save and restore work as usual.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_WORD_LANES = 4  # int16 lanes per int64 draw
+_INT16_RANGE = 1 << 16
+
+
+def quantized_drop_probability(p: float) -> float:
+    """The drop probability the CPU mask really uses: `p` rounded to a multiple of 2^-16."""
+    return round(p * _INT16_RANGE) / _INT16_RANGE
+
+
+def drop_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Bool tensor of `shape`, True (drop) with probability `quantized_drop_probability(p)`."""
+    numel = 1
+    for size in shape:
+        numel *= size
+    words = torch.empty(-(-numel // _WORD_LANES), dtype=torch.int64, device=device)
+    words.random_(-(1 << 63), (1 << 63) - 1)  # full 64-bit range: every int16 lane uniform
+    lanes = words.view(torch.int16)[:numel]
+    threshold = round(p * _INT16_RANGE) - (_INT16_RANGE // 2)  # P(lane < threshold) = p
+    return (lanes < threshold).view(shape)
+
+
+def fast_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """Inverted dropout like `F.dropout(x, p, training)`, with the cheaper mask on CPU."""
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu":
+        return F.dropout(x, p, training=True)
+    q = quantized_drop_probability(p)
+    return x.masked_fill(drop_mask(x.shape, p, x.device), 0.0) * (1.0 / (1.0 - q))
+
+
+class FastDropout(nn.Module):
+    """`nn.Dropout` drop-in that uses `fast_dropout`."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fast_dropout(x, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"

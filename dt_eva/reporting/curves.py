@@ -1,0 +1,111 @@
+"""Learning curves (training loss and success vs updates) from the metrics.jsonl of runs.
+
+Runs that differ only by seed are drawn as one line: the mean over seeds at each logged step.
+matplotlib is imported lazily with the Agg backend (no display needed).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Sequence
+
+from dt_eva.reporting.rundirs import RunRecord, read_metrics
+from dt_eva.utils.io import atomic_path
+
+
+def _mean_by_step(series: list[list[tuple[int, float]]]) -> tuple[list[int], list[float]]:
+    by_step: dict[int, list[float]] = defaultdict(list)
+    for points in series:
+        for step, value in points:
+            by_step[step].append(value)
+    steps = sorted(by_step)
+    return steps, [math.fsum(by_step[s]) / len(by_step[s]) for s in steps]
+
+
+def _smooth(values: list[float], points: int = 50) -> list[float]:
+    """Trailing moving average over ~len/points values: readable curves from noisy minibatch losses."""
+    window = max(1, len(values) // points)
+    if window == 1:
+        return values
+    out, acc = [], 0.0
+    for i, v in enumerate(values):
+        acc += v
+        if i >= window:
+            acc -= values[i - window]
+        out.append(acc / min(i + 1, window))
+    return out
+
+
+def run_curves(run: RunRecord, task: str | None = None) -> dict[str, list[tuple[int, float]]]:
+    """`{"loss": [(step, loss)], "success": [(step, success_any)]}` of one run.
+
+    Success points come from in-training evaluation lines (`eval/<task>/success_any`, else
+    `eval/success_any`), plus the final `eval.json` at the run's last step.
+    """
+    loss: list[tuple[int, float]] = []
+    success: list[tuple[int, float]] = []
+    keys = ([f"eval/{task}/success_any"] if task else []) + ["eval/success_any"]
+    rows = read_metrics(run.metrics_path) if run.metrics_path else []
+    for row in rows:
+        step = int(row["step"])
+        if isinstance(row.get("loss"), (int, float)) and math.isfinite(row["loss"]):
+            loss.append((step, float(row["loss"])))
+        for k in keys:
+            if isinstance(row.get(k), (int, float)):
+                success.append((step, float(row[k])))
+                break
+    if run.eval is not None:
+        final_step = (run.summary or {}).get("steps") or max((int(r["step"]) for r in rows), default=0)
+        entry = run.eval["tasks"].get(task) if task else None
+        value = (entry or run.eval.get("mean") or {}).get("success_any")
+        if value is not None and not any(s == final_step for s, _ in success):
+            success.append((int(final_step), float(value)))
+    success.sort()
+    return {"loss": loss, "success": success}
+
+
+def plot_learning_curves(groups: dict[str, Sequence[RunRecord]], path: str | os.PathLike, title: str,
+                         task: str | None = None) -> Path:
+    """Two panels, loss and success (any step) vs updates; one line per group (mean over its seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_succ) = plt.subplots(1, 2, figsize=(11, 4))
+    any_loss = any_success = False
+    all_losses: list[float] = []
+    for label, runs in groups.items():
+        curves = [run_curves(r, task) for r in runs]
+        steps, loss = _mean_by_step([c["loss"] for c in curves])
+        if steps:
+            any_loss = True
+            all_losses.extend(loss)
+            ax_loss.plot(steps, _smooth(loss), label=f"{label} (n={len(runs)})", lw=1.4)
+        steps, succ = _mean_by_step([c["success"] for c in curves])
+        if steps:
+            any_success = True
+            ax_succ.plot(steps, succ, marker="o", ms=3, label=f"{label} (n={len(runs)})", lw=1.4)
+    ax_loss.set_xlabel("updates")
+    ax_loss.set_ylabel("training loss (action MSE, smoothed)")
+    if all_losses and min(all_losses) > 0 and max(all_losses) / min(all_losses) > 20:
+        ax_loss.set_yscale("log")
+    ax_succ.set_xlabel("updates")
+    ax_succ.set_ylabel("success rate (any step)")
+    ax_succ.set_ylim(-0.03, 1.03)
+    for ax, has, what in ((ax_loss, any_loss, "no loss logged"), (ax_succ, any_success, "no evaluation logged")):
+        if has:
+            ax.legend(fontsize=8)
+            ax.grid(alpha=0.3)
+        else:
+            ax.text(0.5, 0.5, what, ha="center", va="center", transform=ax.transAxes, color="gray")
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path

@@ -1,0 +1,84 @@
+"""Layer x module heatmap of adapter ranks, the layout of the paper's rank-distribution figures.
+
+`plot_rank_heatmap(ranks, path)` takes the `{full module name: rank}` dict of an `EvaResult` (or any
+adapter rank map), puts the transformer layer on the rows and the module type (the part of the name
+after the layer index, e.g. `attn.qkv`) on the columns, and writes a PNG with every cell annotated.
+matplotlib is imported lazily with the Agg backend, so importing this module costs nothing and works
+on machines without a display.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Mapping
+
+from dt_eva.utils.io import atomic_path
+
+# The first dotted integer in a module name is its layer index: "blocks.3.attn.qkv" -> layer 3,
+# module "attn.qkv"; "encoder.layer.11.attention.self.query" -> layer 11, module "attention.self.query".
+_LAYER_RE = re.compile(r"^(?P<prefix>.*?)(?:^|\.)(?P<layer>\d+)\.(?P<module>.+)$")
+
+
+def rank_grid(ranks: Mapping[str, int]) -> tuple[list[int], list[str], list[list[int | None]]]:
+    """Arrange a rank map into `(layers, modules, grid)` with `grid[i][j]` the rank of
+    layer `layers[i]`, module `modules[j]` (`None` where the model has no such module).
+
+    Names without a layer index are put on their own row labelled -1 (shown as "-").
+    Module columns keep the order of first appearance, which for `named_modules()` order is the
+    order of the forward pass.
+    """
+    cells: dict[tuple[int, str], int] = {}
+    modules: list[str] = []
+    for name, rank in ranks.items():
+        match = _LAYER_RE.match(name)
+        layer, module = (int(match["layer"]), match["module"]) if match else (-1, name)
+        if module not in modules:
+            modules.append(module)
+        cells[(layer, module)] = int(rank)
+    layers = sorted({layer for layer, _ in cells})
+    grid = [[cells.get((layer, module)) for module in modules] for layer in layers]
+    return layers, modules, grid
+
+
+def plot_rank_heatmap(ranks: Mapping[str, int], path: str | os.PathLike, title: str | None = None) -> Path:
+    """Write a layer x module heatmap of `ranks` (`{full module name: rank}`) to the PNG `path`.
+
+    Cells are annotated with the rank; modules absent from a layer are left blank. Returns the path.
+    """
+    if not ranks:
+        raise ValueError("plot_rank_heatmap: the rank map is empty; nothing to plot")
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    layers, modules, grid = rank_grid(ranks)
+    values = np.array([[np.nan if v is None else v for v in row] for row in grid], dtype=float)
+    vmax = max(1.0, float(np.nanmax(values)))
+
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(modules), 1.0 + 0.55 * len(layers)))
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=0.0, vmax=vmax, aspect="auto")
+    for i, row in enumerate(grid):
+        for j, value in enumerate(row):
+            if value is None:
+                continue
+            # dark text on the bright end of viridis, light text on the dark end
+            color = "black" if value > 0.6 * vmax else "white"
+            ax.text(j, i, str(value), ha="center", va="center", color=color, fontsize=9)
+    ax.set_xticks(range(len(modules)), modules, rotation=30, ha="right")
+    ax.set_yticks(range(len(layers)), [str(layer) if layer >= 0 else "-" for layer in layers])
+    ax.set_xlabel("module")
+    ax.set_ylabel("layer")
+    total = int(np.nansum(values))
+    ax.set_title(title or f"EVA rank distribution (total rank {total})", fontsize=10)
+    fig.colorbar(image, ax=ax, label="rank")
+    fig.tight_layout()
+
+    path = Path(path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    return path

@@ -1,0 +1,300 @@
+"""Result tables in the layout of the paper's Table 6 (best config per method) and Table 19 (per rank).
+
+Cells are mean ± standard error over seeds of one success metric; the "Avg." column is the mean of
+the per-task means, with a standard error over the per-seed task averages.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from dt_eva.reporting.rundirs import RunRecord
+from dt_eva.reporting.stats import MeanSE, mean_se
+
+# The paper's row order (Table 6), then the ablations (Table 7).
+METHOD_ORDER: tuple[str, ...] = (
+    "fft", "lora", "adalora", "pissa", "olora", "eva", "dora", "eva_dora", "lora_redist", "eva_whiten",
+)
+METHOD_LABELS: dict[str, str] = {
+    "pretrained": "Pre-trained (no fine-tuning)",
+    "fft": "FFT",
+    "lora": "LoRA",
+    "adalora": "AdaLoRA",
+    "pissa": "PiSSA",
+    "olora": "OLoRA",
+    "eva": "EVA",
+    "dora": "DoRA",
+    "eva_dora": "EVA+DoRA",
+    "lora_redist": "LoRA-redist",
+    "eva_whiten": "EVA-whiten",
+}
+METRICS: dict[str, str] = {"success_any": "success at any step", "success_final": "success at the final step"}
+
+
+def method_label(method: str) -> str:
+    return METHOD_LABELS.get(method, method)
+
+
+def method_sort_key(method: str) -> tuple[int, str]:
+    """Paper order first, unknown methods after them alphabetically."""
+    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+
+
+def full_task_name(task: str) -> str:
+    """`hammer` -> `hammer-v3`; names that already carry a version are kept."""
+    head, _, tail = task.rpartition("-v")
+    return task if head and tail.isdigit() else f"{task}-v3"
+
+
+def short_task_name(task: str) -> str:
+    head, _, tail = task.rpartition("-v")
+    return head if head and tail.isdigit() else task
+
+
+def order_tasks(tasks: Iterable[str]) -> list[str]:
+    """CW10 tasks in Continual World order, then any others in Meta-World (MT50) order, then by name."""
+    from dt_eva.envs import CW10, MT50
+
+    reference = list(CW10) + [t for t in MT50 if t not in CW10]
+    tasks = set(tasks)
+    known = [t for t in reference if t in tasks]
+    return known + sorted(tasks - set(known))
+
+
+@dataclass(frozen=True, order=True)
+class ConfigKey:
+    """The hyper-parameters a sweep varies: one row candidate per key (seeds are averaged)."""
+
+    method: str
+    rank: int | None
+    rho: float | None
+    lr: float | None
+
+    def describe(self, with_lr: bool = False) -> str:
+        parts = []
+        if self.rank is not None:
+            parts.append(f"r={self.rank}")
+        if self.rho is not None:
+            parts.append(f"rho={self.rho:g}")
+        if with_lr and self.lr is not None:
+            parts.append(f"lr={self.lr:g}")
+        return ", ".join(parts) or "-"
+
+
+@dataclass
+class ConfigResult:
+    """Per-task statistics of one configuration over its seeds."""
+
+    key: ConfigKey
+    per_seed: dict[str, dict[int, float]]  # task -> seed -> value
+    runs: list[str] = field(default_factory=list)  # run directories
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.per_seed)
+
+    def cell(self, task: str) -> MeanSE | None:
+        values = self.per_seed.get(task)
+        return mean_se(values.values()) if values else None
+
+    def average(self) -> MeanSE:
+        """Mean of the per-task means; SE over per-seed averages of seeds that ran every task."""
+        means = [self.cell(t).mean for t in self.per_seed]  # type: ignore[union-attr]
+        avg = math.fsum(means) / len(means)
+        full_seeds = set.intersection(*(set(v) for v in self.per_seed.values()))
+        if len(full_seeds) < 2:
+            return MeanSE(avg, None, len(full_seeds))
+        seed_avgs = [math.fsum(v[s] for v in self.per_seed.values()) / len(self.per_seed) for s in full_seeds]
+        se = mean_se(seed_avgs).se
+        return MeanSE(avg, se, len(full_seeds))
+
+    def selection_key(self) -> tuple:
+        """Higher is better: cover more tasks, then a higher average; ties go to the smaller config."""
+        k = self.key
+        return (len(self.per_seed), round(self.average().mean, 12),
+                -(k.rank or 0), -(k.rho or 0.0), -(k.lr or 0.0))
+
+
+@dataclass
+class Row:
+    label: str
+    method: str
+    config: str
+    result: ConfigResult
+
+    def seeds(self) -> str:
+        counts = sorted({len(v) for v in self.result.per_seed.values()})
+        return str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+
+
+@dataclass
+class Table:
+    """One rendered table: a title, task columns, rows and footnotes."""
+
+    name: str
+    title: str
+    metric: str
+    tasks: list[str]
+    rows: list[Row]
+    footnotes: list[str] = field(default_factory=list)
+
+    def to_markdown(self) -> str:
+        header = ["Method", "Config", "Seeds"] + [short_task_name(t) for t in self.tasks] + ["Avg."]
+        lines = [f"### {self.title}", "", "| " + " | ".join(header) + " |",
+                 "|" + "|".join(["---"] * 3 + [":-:"] * (len(self.tasks) + 1)) + "|"]
+        for row in self.rows:
+            cells = [row.label, row.config, row.seeds()]
+            for t in self.tasks:
+                c = row.result.cell(t)
+                cells.append(c.format() if c else "-")
+            avg = row.result.average()
+            partial = len(row.result.per_seed) < len(self.tasks)
+            cells.append(avg.format() + ("*" if partial else ""))
+            lines.append("| " + " | ".join(cells) + " |")
+        if self.footnotes:
+            lines.append("")
+            lines.extend(f"{note}  " for note in self.footnotes)
+        return "\n".join(lines).rstrip() + "\n"
+
+    def to_csv(self) -> str:
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        head = ["method", "label", "config", "rank", "rho", "lr", "seeds"]
+        for t in self.tasks:
+            head += [f"{t}_mean", f"{t}_se", f"{t}_n"]
+        head += ["avg_mean", "avg_se", "avg_n_seeds", "avg_n_tasks"]
+        writer.writerow(head)
+        for row in self.rows:
+            k = row.result.key
+            line = [row.method, row.label, row.config, _blank(k.rank), _blank(k.rho), _blank(k.lr), row.seeds()]
+            for t in self.tasks:
+                c = row.result.cell(t)
+                line += [_num(c.mean), _num(c.se), c.n] if c else ["", "", 0]
+            avg = row.result.average()
+            line += [_num(avg.mean), _num(avg.se), avg.n, len(row.result.per_seed)]
+            writer.writerow(line)
+        return out.getvalue()
+
+
+def _blank(v: object) -> object:
+    return "" if v is None else v
+
+
+def _num(v: float | None) -> str:
+    return "" if v is None else f"{v:.6g}"
+
+
+def collect_config_results(runs: Iterable[RunRecord], metric: str,
+                           warnings: list[str] | None = None) -> dict[ConfigKey, ConfigResult]:
+    """Group evaluated fine-tuning runs by configuration; one value per (task, seed).
+
+    Two runs of the same configuration, task and seed: the later one (by eval.json time) wins and a
+    warning names both.
+    """
+    results: dict[ConfigKey, ConfigResult] = {}
+    chosen: dict[tuple[ConfigKey, str, int], tuple[float, str]] = {}
+    for run in runs:
+        if run.kind != "finetune" or run.eval is None or run.method is None or run.task is None:
+            continue
+        task = full_task_name(str(run.task))
+        entry = run.eval["tasks"].get(task)
+        if entry is None or entry.get(metric) is None:
+            continue
+        key = ConfigKey(run.method, run.rank, run.rho, run.lr)
+        res = results.setdefault(key, ConfigResult(key, defaultdict(dict)))
+        mtime = (run.path / "eval.json").stat().st_mtime
+        slot = (key, task, run.seed)
+        if slot in chosen:
+            prev_mtime, prev_name = chosen[slot]
+            if warnings is not None:
+                warnings.append(
+                    f"runs {prev_name} and {run.name} share method/rank/rho/lr/task/seed; "
+                    f"using the newer evaluation ({run.name if mtime >= prev_mtime else prev_name})"
+                )
+            if mtime < prev_mtime:
+                continue
+        chosen[slot] = (mtime, run.name)
+        res.per_seed[task][run.seed] = float(entry[metric])
+        res.runs.append(str(run.path))
+    for res in results.values():
+        res.per_seed = dict(res.per_seed)
+    return results
+
+
+def _lr_varies(results: Iterable[ConfigResult]) -> bool:
+    by_method: dict[str, set] = defaultdict(set)
+    for r in results:
+        by_method[r.key.method].add(r.key.lr)
+    return any(len(v) > 1 for v in by_method.values())
+
+
+def best_per_method(results: dict[ConfigKey, ConfigResult]) -> dict[str, ConfigResult]:
+    """For each method, the configuration with the best average (as the paper picks the best rank)."""
+    best: dict[str, ConfigResult] = {}
+    for res in results.values():
+        m = res.key.method
+        if m not in best or res.selection_key() > best[m].selection_key():
+            best[m] = res
+    return best
+
+
+def best_per_rank(results: dict[ConfigKey, ConfigResult]) -> dict[tuple[str, int | None], ConfigResult]:
+    """For each (method, rank), the best configuration over the other swept values (rho, lr)."""
+    best: dict[tuple[str, int | None], ConfigResult] = {}
+    for res in results.values():
+        k = (res.key.method, res.key.rank)
+        if k not in best or res.selection_key() > best[k].selection_key():
+            best[k] = res
+    return best
+
+
+def _common_footnotes(rows: list[Row], tasks: list[str], metric: str) -> list[str]:
+    notes = [
+        f"Cells: mean {METRICS.get(metric, metric)} over seeds ± standard error, std(ddof=1)/sqrt(n). "
+        "Avg.: mean of the per-task means; its ± is the standard error over seeds of the per-seed "
+        "average over the row's tasks (seeds that ran every task)."
+    ]
+    if any(c is not None and c.se is None for r in rows for c in (r.result.cell(t) for t in tasks)):
+        notes.append("Cells without ± come from a single seed: no standard error can be estimated.")
+    if any(len(r.result.per_seed) < len(tasks) for r in rows):
+        notes.append("*: the row covers fewer tasks than the table; its Avg. is over its own tasks only.")
+    return notes
+
+
+def build_table6(results: dict[ConfigKey, ConfigResult], metric: str,
+                 baselines: list[tuple[str, ConfigResult]] | None = None) -> Table:
+    """Paper Table 6: one row per method, its best configuration chosen by the average."""
+    best = best_per_method(results)
+    with_lr = _lr_varies(results.values())
+    tasks = order_tasks({t for r in results.values() for t in r.per_seed})
+    rows = []
+    for label, res in baselines or []:
+        shared = {t: v for t, v in res.per_seed.items() if t in tasks}  # only the table's columns
+        if shared:
+            rows.append(Row(label, "pretrained", "-", ConfigResult(res.key, shared, res.runs)))
+    for m in sorted(best, key=method_sort_key):
+        rows.append(Row(method_label(m), m, best[m].key.describe(with_lr), best[m]))
+    notes = _common_footnotes(rows, tasks, metric)
+    notes.append("Config: the configuration (rank, rho, ...) with the highest Avg. among those run for "
+                 "the method, as the paper reports each method at its best rank.")
+    return Table(f"table6_{metric}", f"Table 6 layout: CW10 {METRICS.get(metric, metric)}, best configuration "
+                 "per method", metric, tasks, rows, notes)
+
+
+def build_table19(results: dict[ConfigKey, ConfigResult], metric: str) -> Table:
+    """Paper Table 19: one row per (method, rank)."""
+    best = best_per_rank(results)
+    with_lr = _lr_varies(results.values())
+    tasks = order_tasks({t for r in results.values() for t in r.per_seed})
+    keys = sorted(best, key=lambda k: (method_sort_key(k[0]), k[1] if k[1] is not None else -1))
+    rows = [Row(method_label(m), m, best[(m, r)].key.describe(with_lr), best[(m, r)]) for m, r in keys]
+    notes = _common_footnotes(rows, tasks, metric)
+    if any(k.rho is not None or (with_lr and k.lr is not None) for k in results):
+        notes.append("Per rank, the best of the other swept values (rho, lr) is shown.")
+    return Table(f"table19_{metric}", f"Table 19 layout: CW10 {METRICS.get(metric, metric)} per method and rank",
+                 metric, tasks, rows, notes)

@@ -1,0 +1,81 @@
+"""Config sections shared by pre-training and fine-tuning: data, optimiser, training loop.
+
+The defaults are the paper's appendix E hyper-parameters (batch 128, AdamW lr 1e-4, weight decay
+0.01, 4000 warm-up steps then cosine decay to 1e-6, gradient clipping 0.25).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+
+@dataclass
+class DataConfig:
+    """Which offline dataset to train on, and how returns / rewards are scaled for the model."""
+
+    path: str = "data/mt40"
+    # "mt40", "cw10", a comma list, a YAML list of task names, or null for every task in the dataset
+    tasks: Optional[Union[str, list[str]]] = None
+    rtg_scale: float = 200.0  # returns-to-go are divided by this before they reach the model
+    reward_scale: float = 200.0
+
+    def __post_init__(self) -> None:
+        if self.rtg_scale <= 0 or self.reward_scale <= 0:
+            raise ValueError(
+                f"data.rtg_scale and data.reward_scale must be positive, got {self.rtg_scale} and {self.reward_scale}"
+            )
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up then cosine decay (`dt_eva.training.schedule`)."""
+
+    lr: float = 1e-4
+    weight_decay: float = 0.01  # not applied to biases, norms and embeddings
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_steps: int = 4000
+    min_lr: float = 1e-6  # the cosine ends here at the last step
+    grad_clip: float = 0.25  # max global grad norm; 0 disables clipping
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"optim.lr must be positive, got {self.lr}")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"optim.min_lr must be in [0, optim.lr={self.lr}], got {self.min_lr}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.grad_clip < 0:
+            raise ValueError(f"optim.grad_clip must be >= 0 (0 = no clipping), got {self.grad_clip}")
+        if self.weight_decay < 0:
+            raise ValueError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        self.betas = (float(self.betas[0]), float(self.betas[1]))
+
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+@dataclass
+class TrainConfig:
+    """The training loop: length, batch, logging / checkpoint / evaluation cadence, device."""
+
+    steps: int = 1_000_000  # optimizer updates
+    batch_size: int = 128  # global batch: split evenly across DDP ranks
+    log_every: int = 100  # metrics.jsonl + TensorBoard every N steps (loss averaged over them)
+    ckpt_every: int = 10_000  # checkpoints/last.pt every N steps (and at the end, and on Ctrl-C)
+    eval_every: int = 0  # online evaluation every N steps and at the end; 0 = never
+    eval_tasks: list[str] = field(default_factory=list)
+    eval_episodes: int = 10  # episodes per evaluation task
+    precision: str = "auto"  # "auto" (bf16 autocast on CUDA with bf16 support, else fp32) | "bf16" | "fp32"
+    device: str = "auto"  # "auto" (CUDA when available) | "cpu" | "cuda" | "cuda:N"
+    progress: bool = True  # tqdm progress bar (rank 0 only)
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "log_every", "ckpt_every", "eval_episodes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.eval_every < 0:
+            raise ValueError(f"train.eval_every must be >= 0 (0 = no evaluation), got {self.eval_every}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"train.precision must be one of {list(PRECISIONS)}, got {self.precision!r}")

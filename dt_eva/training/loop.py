@@ -1,0 +1,413 @@
+"""The one training loop shared by pre-training and fine-tuning.
+
+`Trainer` runs AdamW updates on batches from a sampler, with linear warm-up + cosine decay, gradient
+clipping, bf16 autocast where the device has it, DistributedDataParallel under torchrun, metrics to
+`metrics.jsonl` + TensorBoard, a tqdm bar, periodic online evaluation through a callback, and
+checkpoints that let an interrupted run continue bit-for-bit (on CPU) from `checkpoints/last.pt`.
+
+What fine-tuning changes is passed in as hooks rather than subclassing:
+
+- `param_groups(model)`: which parameters are optimised, with per-group options (default: every
+  trainable parameter, weight decay on weight matrices only);
+- `loss_fn(model, batch)`: the loss (default `model.loss(batch)`), e.g. plus a regulariser;
+- `model_state_fn(model)` / `load_model_state_fn(model, state)`: what a checkpoint holds of the model
+  (default the full `state_dict`; fine-tuning can store adapters only);
+- `after_optimizer_step(step)`: called after every update, before gradients are cleared (AdaLoRA's
+  rank allocation reads them);
+- `extra_state_fn()` / `load_extra_state_fn(state)`: more state to checkpoint (e.g. an AdaLoRA budget);
+- `eval_fn(model, step) -> dict[str, float]`: online evaluation every `train.eval_every` steps.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol
+
+import torch
+from torch import nn
+
+from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from .configs import OptimConfig, TrainConfig
+from .distributed import DistContext, all_gather_objects, all_reduce_mean, any_rank, barrier
+from .metrics import MetricsLogger
+from .optim import build_optimizer, weight_decay_param_groups
+from .precision import autocast, precision_name, resolve_precision
+from .schedule import build_scheduler
+
+CHECKPOINT_NAME = "checkpoints/last.pt"
+
+
+class BatchSampler(Protocol):
+    """What the loop needs from a sampler (`dt_eva.data.WindowSampler` is one)."""
+
+    def sample(self) -> dict[str, torch.Tensor]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class NonFiniteLossError(ValueError):
+    """The loss became NaN or infinite; the last good checkpoint is left untouched."""
+
+    def __init__(self, step: int, loss: float, checkpoint: Path | None) -> None:
+        self.step = step
+        self.loss = loss
+        self.checkpoint = checkpoint
+        kept = f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint had been written yet"
+        super().__init__(
+            f"non-finite loss ({loss}) at step {step}; training stopped and {kept}. "
+            "Lower optim.lr, keep optim.grad_clip > 0, or check the dataset for extreme values."
+        )
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C / SIGTERM: a checkpoint of the last completed step was saved, resume with `--resume`."""
+
+    def __init__(self, step: int, checkpoint: Path) -> None:
+        self.step = step
+        self.checkpoint = checkpoint
+        super().__init__(f"interrupted after step {step}; checkpoint saved to {checkpoint}; continue with --resume")
+
+
+@dataclass
+class TrainResult:
+    """What `Trainer.fit` did."""
+
+    steps: int  # total updates done (including those before a resume)
+    start_step: int  # the step this session started from (0 unless resumed)
+    final_loss: float  # mean loss over the last logging window
+    seconds: float  # training wall time over all sessions (evaluation and checkpoint time included)
+    tokens_per_s: float  # this session's mean training throughput (all ranks together)
+    last_eval: dict[str, float] = field(default_factory=dict)
+    world_size: int = 1
+    precision: str = "fp32"
+
+
+class _LossModule(nn.Module):
+    """Wraps `loss_fn(model, batch)` as a forward, so DDP's gradient hooks see every loss call."""
+
+    def __init__(self, model: nn.Module, loss_fn: Callable[[nn.Module, Mapping[str, torch.Tensor]], torch.Tensor]):
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return self.loss_fn(self.model, batch)
+
+
+def _default_loss(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    return model.loss(batch)  # type: ignore[operator]
+
+
+def _default_load_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    model.load_state_dict(state)
+
+
+class Trainer:
+    """One training run in `run_dir`; see the module docstring for the hooks.
+
+    `train.batch_size` is the global batch: under DDP each rank's sampler must draw
+    `batch_size / world_size` windows (the caller builds the sampler; see `local_batch_size`).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        sampler: BatchSampler,
+        optim: OptimConfig,
+        train: TrainConfig,
+        run_dir: str | Path,
+        *,
+        dist: DistContext | None = None,
+        param_groups: Callable[[nn.Module], list[dict]] | None = None,
+        loss_fn: Callable[[nn.Module, Mapping[str, torch.Tensor]], torch.Tensor] | None = None,
+        model_state_fn: Callable[[nn.Module], dict[str, Any]] | None = None,
+        load_model_state_fn: Callable[[nn.Module, dict[str, Any]], None] | None = None,
+        eval_fn: Callable[[nn.Module, int], Mapping[str, float]] | None = None,
+        after_optimizer_step: Callable[[int], None] | None = None,
+        extra_state_fn: Callable[[], dict[str, Any]] | None = None,
+        load_extra_state_fn: Callable[[dict[str, Any]], None] | None = None,
+        tokens_per_sample: int | None = None,
+        find_unused_parameters: bool = False,
+        tensorboard: bool = True,
+    ) -> None:
+        self.dist = dist or DistContext()
+        self.device = self.dist.device
+        self.model = model.to(self.device)
+        self.sampler = sampler
+        self.optim_cfg = optim
+        self.train_cfg = train
+        self.run_dir = Path(run_dir)
+        self.checkpoint_path = self.run_dir / CHECKPOINT_NAME
+        self.loss_fn = loss_fn or _default_loss
+        self.model_state_fn = model_state_fn or (lambda m: m.state_dict())
+        self.load_model_state_fn = load_model_state_fn or _default_load_model_state
+        self.eval_fn = eval_fn
+        self.after_optimizer_step = after_optimizer_step
+        self.extra_state_fn = extra_state_fn
+        self.load_extra_state_fn = load_extra_state_fn
+        self.tokens_per_sample = tokens_per_sample
+        self.tensorboard = tensorboard
+        self.autocast_dtype = resolve_precision(train.precision, self.device)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True  # the fp32 parts outside autocast
+            torch.backends.cudnn.allow_tf32 = True
+
+        groups = (param_groups or (lambda m: weight_decay_param_groups(m, optim.weight_decay)))(self.model)
+        self.optimizer = build_optimizer(groups, optim, fused=True if self.device.type == "cuda" else None)
+        self.scheduler = build_scheduler(self.optimizer, optim.lr, optim.warmup_steps, train.steps, optim.min_lr)
+        self._params = [p for g in self.optimizer.param_groups for p in g["params"]]
+
+        loss_module: nn.Module = _LossModule(self.model, self.loss_fn)
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            loss_module = DistributedDataParallel(
+                loss_module,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=find_unused_parameters,
+            )
+        self.loss_module = loss_module
+
+        self.step = 0
+        self._elapsed_before = 0.0  # training seconds of earlier sessions (from the checkpoint)
+        self._last_loss = float("nan")
+        self._stop_signal: int | None = None
+
+    # --- checkpoints ------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The full training state of this rank (model part through `model_state_fn`)."""
+        state = {
+            "step": self.step,
+            "model": self.model_state_fn(self.model),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "elapsed": self._elapsed(),
+            "last_loss": self._last_loss,
+            "world_size": self.dist.world_size,
+        }
+        if self.extra_state_fn is not None:
+            state["extra"] = self.extra_state_fn()
+        return state
+
+    def save_checkpoint(self) -> Path:
+        """Write `checkpoints/last.pt` (rank 0) with every rank's sampler and RNG state; collective."""
+        rank_state = {"sampler": self.sampler.state_dict(), "rng": capture_rng_state()}
+        rank_states = all_gather_objects(self.dist, rank_state)
+        if self.dist.is_main:
+            save_checkpoint({**self.state_dict(), "rank_states": rank_states}, self.checkpoint_path)
+        barrier(self.dist)
+        return self.checkpoint_path
+
+    def load_checkpoint(self, path: str | Path | None = None) -> int:
+        """Restore model, optimizer, scheduler, sampler, RNG and extra state; returns the step."""
+        path = Path(path) if path is not None else self.checkpoint_path
+        state = load_checkpoint(path, map_location="cpu")
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.dist.world_size:
+            raise ValueError(
+                f"checkpoint {path} was written by {saved_world} process(es) but this job has "
+                f"{self.dist.world_size}; resume with the same number of processes (the per-rank data "
+                "streams cannot be split differently and continue exactly)"
+            )
+        self.load_model_state_fn(self.model, state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.load_extra_state_fn is not None and "extra" in state:
+            self.load_extra_state_fn(state["extra"])
+        mine = state["rank_states"][self.dist.rank]
+        self.sampler.load_state_dict(mine["sampler"])
+        restore_rng_state(mine["rng"])
+        self.step = int(state["step"])
+        self._elapsed_before = float(state.get("elapsed", 0.0))
+        self._last_loss = float(state.get("last_loss", float("nan")))
+        return self.step
+
+    def save_model(self, path: str | Path) -> None:
+        """Write the final weights (`model_state_fn(model)`) atomically (rank 0 only)."""
+        if self.dist.is_main:
+            from dt_eva.utils.io import atomic_torch_save
+
+            atomic_torch_save(self.model_state_fn(self.model), path)
+        barrier(self.dist)
+
+    # --- the loop ---------------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> TrainResult:
+        """Train to `train.steps` updates; with `resume`, continue from `checkpoints/last.pt` if present.
+
+        Raises `NonFiniteLossError` (no checkpoint written for the bad steps) and
+        `TrainingInterrupted` after saving a checkpoint on SIGINT / SIGTERM.
+        """
+        cfg = self.train_cfg
+        if resume and self.checkpoint_path.is_file():
+            self.load_checkpoint()
+        start_step = self.step
+        logger = MetricsLogger(self.run_dir, start_step, self.tensorboard) if self.dist.is_main else None
+        bar = self._progress_bar(start_step)
+        self._session_start = time.perf_counter()
+        last_eval: dict[str, float] = {}
+        tokens_done, train_seconds = 0, 0.0
+        window_losses: list[float] = []  # per-step losses (mean over ranks) since the last log line
+        window_grad_norms: list[torch.Tensor] = []
+        pending: list[torch.Tensor] = []  # per-step losses not yet checked for finiteness
+        window_start = time.perf_counter()
+        window_tokens = 0
+        self.model.train()
+        old_handlers = self._install_signal_handlers()
+        try:
+            while self.step < cfg.steps:
+                t0 = time.perf_counter()
+                step = self.step + 1
+                loss, grad_norm, tokens = self._update(step)
+                pending.append(loss)
+                window_grad_norms.append(grad_norm)
+                tokens_done += tokens
+                window_tokens += tokens
+                self.step = step
+                if bar is not None:
+                    bar.update(1)
+                train_seconds += time.perf_counter() - t0
+
+                is_last = step == cfg.steps
+                do_log = step % cfg.log_every == 0 or is_last
+                do_ckpt = step % cfg.ckpt_every == 0 or is_last
+                do_eval = self.eval_fn is not None and cfg.eval_every > 0 and (step % cfg.eval_every == 0 or is_last)
+                stop = any_rank(self.dist, self._stop_signal is not None)
+                if pending and (do_log or do_ckpt or do_eval or stop):
+                    window_losses.extend(self._checked_losses(pending, step))
+                    pending = []
+                if do_log and logger is not None:
+                    elapsed = time.perf_counter() - window_start
+                    self._last_loss = sum(window_losses) / len(window_losses)
+                    scalars = {
+                        "loss": self._last_loss,
+                        "lr": self._lr_of_last_update(),
+                        "grad_norm": float(torch.stack(window_grad_norms).float().mean()),
+                        "tokens_per_s": window_tokens * self.dist.world_size / max(elapsed, 1e-9),
+                    }
+                    logger.log(step, scalars, tb_prefix="train/")
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{self._last_loss:.4f}", lr=f"{scalars['lr']:.2e}")
+                if do_log:
+                    if logger is None:
+                        self._last_loss = sum(window_losses) / len(window_losses)
+                    window_losses, window_grad_norms, window_tokens = [], [], 0
+                    window_start = time.perf_counter()
+                if do_eval:
+                    last_eval = self._evaluate(step, logger)
+                    window_start = time.perf_counter()
+                if do_ckpt or stop:
+                    self.save_checkpoint()
+                    window_start = time.perf_counter()
+                if stop and not is_last:
+                    raise TrainingInterrupted(step, self.checkpoint_path)
+        finally:
+            self._restore_signal_handlers(old_handlers)
+            if bar is not None:
+                bar.close()
+            if logger is not None:
+                logger.close()
+        return TrainResult(
+            steps=self.step,
+            start_step=start_step,
+            final_loss=self._last_loss,
+            seconds=self._elapsed(),
+            tokens_per_s=tokens_done * self.dist.world_size / max(train_seconds, 1e-9),
+            last_eval=last_eval,
+            world_size=self.dist.world_size,
+            precision=precision_name(self.autocast_dtype),
+        )
+
+    def _update(self, step: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """One optimizer update; returns (loss, grad norm) as device tensors (no host sync) and tokens."""
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in self.sampler.sample().items()}
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device, self.autocast_dtype):
+            loss = self.loss_module(batch)
+        loss.backward()
+        max_norm = self.optim_cfg.grad_clip if self.optim_cfg.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self._params, max_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.after_optimizer_step is not None:
+            self.after_optimizer_step(step)
+        return loss.detach().float(), grad_norm.detach(), self._tokens_in(batch)
+
+    def _tokens_in(self, batch: Mapping[str, torch.Tensor]) -> int:
+        states = batch.get("states")
+        if states is None:
+            return 0
+        samples = int(states.shape[0])
+        if self.tokens_per_sample is not None:
+            return samples * self.tokens_per_sample
+        return samples * int(states.shape[1]) if states.dim() > 2 else samples
+
+    def _checked_losses(self, pending: list[torch.Tensor], step: int) -> list[float]:
+        """Mean-over-ranks losses of the pending steps as floats; raise on the first non-finite one."""
+        losses = all_reduce_mean(self.dist, torch.stack(pending)).cpu().tolist()
+        first_step = step - len(losses) + 1
+        for i, value in enumerate(losses):
+            if not math.isfinite(value):
+                kept = self.checkpoint_path if self.checkpoint_path.is_file() else None
+                raise NonFiniteLossError(first_step + i, value, kept)
+        return losses
+
+    def _lr_of_last_update(self) -> float:
+        # The scheduler has already moved on to the next update; report the rate this one used.
+        factor = self.scheduler.lr_lambdas[0](self.step - 1)
+        return self.optimizer.param_groups[0]["initial_lr"] * factor
+
+    def _evaluate(self, step: int, logger: MetricsLogger | None) -> dict[str, float]:
+        """Rank 0 runs `eval_fn` in eval mode with its own RNG, so training randomness is unaffected."""
+        result: dict[str, float] = {}
+        if self.dist.is_main and self.eval_fn is not None:
+            rng = capture_rng_state()
+            self.model.eval()
+            try:
+                with torch.no_grad():
+                    result = {k: float(v) for k, v in self.eval_fn(self.model, step).items()}
+            finally:
+                self.model.train()
+                restore_rng_state(rng)
+            if logger is not None and result:
+                logger.log(step, result)
+        return result
+
+    def _elapsed(self) -> float:
+        start = getattr(self, "_session_start", None)
+        return self._elapsed_before + (time.perf_counter() - start if start is not None else 0.0)
+
+    def _progress_bar(self, start_step: int):
+        if not (self.dist.is_main and self.train_cfg.progress):
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.train_cfg.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+
+    # --- signals ----------------------------------------------------------------------------------
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        """First SIGINT/SIGTERM: finish the current step, checkpoint, stop. A second one: stop now."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        self._stop_signal = None
+        old: dict[int, Any] = {}
+
+        def handler(signum: int, frame: Any) -> None:
+            if self._stop_signal is not None:
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old[sig] = signal.getsignal(sig)
+            signal.signal(sig, handler)
+        return old
+
+    def _restore_signal_handlers(self, old: dict[int, Any]) -> None:
+        for sig, h in old.items():
+            signal.signal(sig, h)

@@ -1,0 +1,200 @@
+"""The fine-tuning methods of the paper's Meta-World table, and the EVA glue for the Decision Transformer.
+
+`METHODS` maps a method name to a `MethodSpec`: what is trained (the whole model, our LoRA/DoRA
+adapters, or PEFT's AdaLoRA), which adapter layer and which initialiser, and whether EVA must run
+first. `compute_dt_eva` runs EVA on a DT with the fine-tuning task's data: the token types that
+feed each layer's SVD are chosen through the model's `token_mask`, and the batches come from a
+sampler of their own, so the training batch stream is the same with and without EVA.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+from torch import nn
+
+# Offset added to the run seed for the EVA sampler; any constant works as long as it differs from
+# the training sampler's seed, so the two streams are independent.
+EVA_SEED_OFFSET = 7919
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One fine-tuning method.
+
+    kind:     "full" (every parameter trains), "adapter" (our LoRA/DoRA layers, base frozen) or
+              "adalora" (PEFT's AdaLoRA, adaptive ranks during training).
+    adapter:  "lora" | "dora" for kind "adapter".
+    init:     the adapter initialiser of `dt_eva.adapters.inject_adapters`.
+    eva:      EVA runs before injection (its ranks and/or components are used).
+    whiten:   EVA's components are whitened (the EVA-whiten ablation).
+    """
+
+    name: str
+    kind: str
+    description: str
+    adapter: str | None = None
+    init: str | None = None
+    eva: bool = False
+    whiten: bool = False
+
+    @property
+    def uses_adapters(self) -> bool:
+        return self.kind in ("adapter", "adalora")
+
+
+METHODS: dict[str, MethodSpec] = {
+    spec.name: spec
+    for spec in (
+        MethodSpec("fft", "full", "full fine-tuning of every parameter"),
+        MethodSpec("lora", "adapter", "LoRA: random A, B = 0, uniform rank", "lora", "random"),
+        MethodSpec("dora", "adapter", "DoRA: weight-decomposed LoRA, random init", "dora", "random"),
+        MethodSpec("eva", "adapter", "EVA: A from activation SVD, redistributed ranks", "lora", "eva", eva=True),
+        MethodSpec("eva_dora", "adapter", "EVA init with DoRA layers", "dora", "eva", eva=True),
+        MethodSpec("pissa", "adapter", "PiSSA: A, B from the top singular vectors of W", "lora", "pissa"),
+        MethodSpec("olora", "adapter", "OLoRA: A, B from a QR decomposition of W", "lora", "olora"),
+        MethodSpec("adalora", "adalora", "AdaLoRA through PEFT: ranks pruned during training"),
+        MethodSpec(
+            "lora_redist", "adapter", "ablation: EVA's ranks with random A", "lora", "lora_redist", eva=True
+        ),
+        MethodSpec(
+            "eva_whiten", "adapter", "ablation: EVA with whitened components", "lora", "eva_whiten",
+            eva=True, whiten=True,
+        ),
+    )
+}
+
+
+def resolve_method(name: str) -> MethodSpec:
+    """The `MethodSpec` of `name`; an unknown name is a `ValueError` listing the valid ones."""
+    key = str(name).strip().lower().replace("-", "_").replace("+", "_")
+    if key not in METHODS:
+        valid = ", ".join(METHODS)
+        raise ValueError(f"unknown fine-tuning method {name!r}; valid methods are: {valid}")
+    return METHODS[key]
+
+
+def check_rank_fits(model: nn.Module, target_modules: Sequence[str], rank: int, what: str = "rank") -> None:
+    """Raise a `ValueError` naming the first target layer whose shape cannot hold `rank`.
+
+    A LoRA factor of rank r needs r <= min(in_features, out_features); checking before any adapter
+    is injected (or EVA runs) keeps a bad `--rank` from failing half-way with an anonymous layer.
+    """
+    from dt_eva.eva import match_modules
+
+    for name, module in match_modules(model, list(target_modules)):
+        weight = module.weight
+        # nn.Linear stores (out, in); the DT only has nn.Linear targets, but be general
+        out_f, in_f = (weight.shape[0], weight.shape[1]) if isinstance(module, nn.Linear) else weight.shape[::-1]
+        limit = min(int(in_f), int(out_f))
+        if rank > limit:
+            raise ValueError(
+                f"{what} {rank} is too large for layer {name!r} ({int(in_f)} -> {int(out_f)} features): "
+                f"a LoRA factor there can have rank at most {limit}; lower --rank (or --rho for EVA)"
+            )
+
+
+# --- EVA on the Decision Transformer -------------------------------------------------------------
+
+
+def dt_forward(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """EVA's `forward_fn` for a DT: a plain forward pass on a `WindowSampler` batch."""
+    return model(
+        batch["states"], batch["actions"], batch["returns_to_go"], batch["timesteps"], batch.get("rewards")
+    )
+
+
+def eva_batches(sampler: Any, num_batches: int, device: torch.device | str) -> Iterator[dict[str, torch.Tensor]]:
+    """Yield `num_batches` batches from `sampler`, moved to `device` (lazily: no batch is kept)."""
+    for _ in range(num_batches):
+        yield {key: value.to(device) for key, value in sampler.sample().items()}
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run with dropout off (EVA must see the deterministic activations), then restore the mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def compute_dt_eva(
+    model: nn.Module,
+    dataset: Any,
+    task: str,
+    *,
+    rank: int,
+    rho: float,
+    token_types: Sequence[str],
+    batch_size: int,
+    tau: float,
+    max_batches: int,
+    seed: int,
+    whiten: bool = False,
+    target_modules: Sequence[str] | None = None,
+    rtg_scale: float = 200.0,
+    reward_scale: float = 200.0,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> Any:
+    """Run EVA on a Decision Transformer with windows of `task` from `dataset`; returns an `EvaResult`.
+
+    Only the tokens of `token_types` (`"state"`, `"rtg"`, `"action"`, `"reward"`) enter each
+    layer's SVD. Batches come from a `WindowSampler` seeded with `seed + EVA_SEED_OFFSET`, separate
+    from the training sampler.
+    """
+    from dt_eva.data import WindowSampler
+    from dt_eva.eva import EvaConfig, compute_eva
+    from dt_eva.models import DT_ADAPTER_TARGETS
+
+    types = [str(t) for t in token_types]
+    if not types:
+        raise ValueError("eva.token_types is empty; choose some of state, rtg, action, reward")
+    targets = list(target_modules if target_modules is not None else DT_ADAPTER_TARGETS)
+    config = EvaConfig(
+        rank=rank, rho=float(rho), tau=float(tau), whiten=whiten, max_batches=max_batches, seed=seed,
+        progress=progress,
+    )
+    # token_mask validates the types against the model's layout up front, before any forward pass
+    probe = {"states": torch.zeros(1, 1, model.cfg.state_dim)}
+    model.token_mask(probe, types)
+    sampler = WindowSampler(
+        dataset, context_len=model.cfg.context_len, batch_size=batch_size, rtg_scale=rtg_scale,
+        reward_scale=reward_scale, seed=seed + EVA_SEED_OFFSET, tasks=[task],
+    )
+    with eval_mode(model):
+        return compute_eva(
+            model,
+            eva_batches(sampler, max_batches, device),
+            config,
+            target_modules=targets,
+            forward_fn=dt_forward,
+            token_mask_fn=lambda batch: model.token_mask(batch, types),
+        )
+
+
+def eva_summary(result: Any, target_modules: Sequence[str] | None = None) -> dict[str, Any]:
+    """JSON-ready summary of an `EvaResult`: ranks per module and as a layer x module table,
+    explained variance, convergence, batches and seconds."""
+    from dt_eva.reporting.rank_heatmap import rank_grid
+
+    layers, modules, grid = rank_grid(result.ranks)
+    evr = {name: [float(v) for v in torch.as_tensor(t).flatten()] for name, t in result.explained_variance_ratio.items()}
+    return {
+        "ranks": {name: int(r) for name, r in result.ranks.items()},
+        "total_rank": int(sum(result.ranks.values())),
+        "rank_table": {"layers": layers, "modules": modules, "ranks": grid},
+        "explained_variance_ratio": evr,
+        "explained_variance_kept": {
+            name: float(sum(evr[name][: int(result.ranks[name])])) for name in result.ranks if name in evr
+        },
+        "converged": {name: bool(c) for name, c in result.converged.items()},
+        "num_batches": int(result.num_batches),
+        "init_seconds": float(result.seconds),
+    }

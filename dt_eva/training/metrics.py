@@ -1,0 +1,83 @@
+"""Training metrics: one JSON object per line in `metrics.jsonl`, the same scalars in TensorBoard."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+from dt_eva.utils.io import atomic_write_text
+
+
+class MetricsLogger:
+    """Append-only `metrics.jsonl` + TensorBoard `tb/` writer for one run directory (rank 0 only).
+
+    `start_step` > 0 (a resumed run) drops every line and TensorBoard event after that step, so the
+    steps a killed run logged past its last checkpoint are not duplicated when they are replayed.
+    """
+
+    def __init__(self, run_dir: str | Path, start_step: int = 0, tensorboard: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / "metrics.jsonl"
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        truncate_metrics(self.path, start_step)
+        self._file = open(self.path, "a", encoding="utf-8")
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=start_step + 1 if start_step else None)
+
+    def log(self, step: int, scalars: Mapping[str, float], tb_prefix: str = "") -> None:
+        """Write `{"step": step, **scalars}` as one line and each scalar to TensorBoard."""
+        record: dict[str, Any] = {"step": int(step)}
+        for k, v in scalars.items():
+            record[k] = _json_number(v)
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for k, v in scalars.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self._tb.add_scalar(tb_prefix + k if "/" not in k else k, float(v), step)
+
+    def flush(self) -> None:
+        self._file.flush()
+        if self._tb is not None:
+            self._tb.flush()
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _json_number(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)  # JSON has no NaN / inf; keep the line parseable by strict readers
+    return v
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """Every complete JSON line of a metrics file (a torn last line from a killed run is skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and "step" in record:
+            out.append(record)
+    return out
+
+
+def truncate_metrics(path: str | Path, keep_until_step: int) -> None:
+    """Keep only lines with step <= `keep_until_step` (all removed for 0); atomic rewrite."""
+    path = Path(path)
+    if not path.exists():
+        return
+    kept = [r for r in read_metrics(path) if r["step"] <= keep_until_step]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))

@@ -1,0 +1,35 @@
+"""Helper for tests/test_training.py: one torchrun rank of a pre-training run.
+
+    torchrun --standalone --nproc_per_node=2 tests/dist_train_worker.py OUT_DIR key=value ...
+
+Runs the same code as `run_pretrain` (prepare, fit, finish), then saves this rank's final weights to
+`OUT_DIR/rank<r>.pt` so the test can check that every rank ends with identical parameters.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from dt_eva.config import load_config
+from dt_eva.training import PretrainConfig, init_distributed, prepare_pretrain, shutdown_distributed
+from dt_eva.training.pretrain import finish_pretrain
+
+
+def main(out_dir: str, overrides: list[str]) -> None:
+    cfg = load_config(PretrainConfig, None, overrides)
+    dist = init_distributed(cfg.train.device)
+    try:
+        setup = prepare_pretrain(cfg, dist=dist)
+        result = setup.trainer.fit()
+        finish_pretrain(setup, result)
+        state = {k: v.detach().cpu() for k, v in setup.trainer.model.state_dict().items()}
+        torch.save({"state": state, "backend": dist.backend, "world_size": dist.world_size}, Path(out_dir) / f"rank{dist.rank}.pt")
+    finally:
+        shutdown_distributed(dist)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2:])

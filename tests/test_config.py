@@ -1,0 +1,125 @@
+"""Typed configs: YAML + dotted overrides, type checking, clear errors, round trips, presets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+import pytest
+import yaml
+
+from dt_eva.config import config_diff, config_to_dict, load_config, parse_override, save_config
+from dt_eva.models import DTConfig
+from dt_eva.training import OptimConfig, PretrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Inner:
+    width: int = 4
+    rate: float = 0.5
+    tag: Optional[str] = None
+
+
+@dataclass
+class Outer:
+    name: str = "x"
+    flag: bool = False
+    inner: Inner = field(default_factory=lambda: Inner(width=8))  # a non-class-default "preset"
+    items: list[str] = field(default_factory=list)
+    pair: tuple[float, float] = (0.1, 0.2)
+    mode: Literal["a", "b"] = "a"
+    either: Union[int, list[int]] = 1
+
+
+def write(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_yaml_then_overrides_with_type_conversion(tmp_path):
+    path = write(tmp_path, {"name": "run", "inner": {"rate": "1e-4"}, "items": ["a"]})
+    cfg = load_config(Outer, path, ["inner.tag=hello", "pair=[1, 2.5]", "items=b,c", "either=[3,4]", "flag=true"])
+    assert cfg.name == "run" and cfg.flag is True
+    # a partial section layers over the field's default instance (width 8, not the class default 4)
+    assert cfg.inner == Inner(width=8, rate=1e-4, tag="hello")
+    assert cfg.items == ["b", "c"]
+    assert cfg.pair == (1.0, 2.5) and all(isinstance(v, float) for v in cfg.pair)
+    assert cfg.either == [3, 4]
+    assert load_config(Outer, None, ["inner.width=1e3"]).inner.width == 1000  # PyYAML reads 1e3 as a string
+
+
+def test_later_overrides_win_and_null_for_optional():
+    cfg = load_config(Outer, None, ["inner.tag=a", "inner.tag=null", "name=2024"])
+    assert cfg.inner.tag is None
+    assert cfg.name == "2024"  # a number given for a str field is a name
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("inner.widht=3", ["inner.widht", "width", "rate", "tag"]),
+        ("nope=1", ["nope", "name", "inner", "items"]),
+        ("inner.width=abc", ["inner.width", "int", "abc"]),
+        ("inner.width=2.5", ["inner.width", "int", "2.5"]),
+        ("flag=1", ["flag", "bool", "1"]),
+        ("pair=[1]", ["pair", "2 values"]),
+        ("mode=c", ["mode", "'a'", "'b'", "'c'"]),
+        ("name.sub=1", ["name.sub", "not a section"]),
+        ("just-a-word", ["key=value"]),
+    ],
+)
+def test_bad_overrides_name_the_problem(override, words):
+    with pytest.raises(ValueError) as err:
+        load_config(Outer, None, [override])
+    for word in words:
+        assert word in str(err.value), (word, str(err.value))
+
+
+def test_unknown_and_mistyped_yaml_keys(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown config key.*inner.size.*valid keys are \['width', 'rate', 'tag'\]"):
+        load_config(Outer, write(tmp_path, {"inner": {"size": 3}}))
+    with pytest.raises(ValueError, match=r"config key inner.rate expects float, got \[1\]"):
+        load_config(Outer, write(tmp_path, {"inner": {"rate": [1]}}))
+    with pytest.raises(ValueError, match=r"config key inner expects Inner, got 3"):
+        load_config(Outer, write(tmp_path, {"inner": 3}))
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        load_config(Outer, tmp_path / "missing.yaml")
+
+
+def test_save_config_round_trip_is_atomic(tmp_path):
+    cfg = load_config(Outer, None, ["items=a,b", "inner.tag=t", "pair=[3, 4]"])
+    path = tmp_path / "sub" / "config.yaml"
+    save_config(cfg, path)
+    assert load_config(Outer, path) == cfg
+    assert [p.name for p in path.parent.iterdir()] == ["config.yaml"]  # no temporary file left behind
+    assert config_to_dict(cfg)["pair"] == [3, 4]
+    assert config_diff(cfg, load_config(Outer, path, ["inner.width=2"])) == {"inner.width": (8, 2)}
+
+
+def test_parse_override_values_are_yaml():
+    assert parse_override("a.b=[1, 2]") == ("a.b", [1, 2])
+    assert parse_override("a=") == ("a", "")
+    assert parse_override("a=x=y") == ("a", "x=y")
+
+
+def test_pretrain_presets_match_the_model_presets_and_appendix_e():
+    tiny = load_config(PretrainConfig, REPO / "configs/pretrain/tiny.yaml")
+    paper = load_config(PretrainConfig, REPO / "configs/pretrain/paper.yaml")
+    assert tiny.model == DTConfig.tiny()
+    assert paper.model == DTConfig.paper()
+    assert paper.optim == OptimConfig(
+        lr=1e-4, weight_decay=0.01, warmup_steps=4000, min_lr=1e-6, grad_clip=0.25, betas=(0.9, 0.999)
+    )
+    assert (paper.train.batch_size, paper.train.steps, paper.model.dropout) == (128, 1_000_000, 0.2)
+    assert paper.data.path == "data/mt40"
+
+
+def test_validation_in_post_init_surfaces_as_value_error():
+    with pytest.raises(ValueError, match="n_head"):
+        load_config(PretrainConfig, None, ["model.hidden_size=130", "model.n_head=4"])
+    with pytest.raises(ValueError, match="train.precision"):
+        load_config(PretrainConfig, None, ["train.precision=fp16"])
