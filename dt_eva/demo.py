@@ -48,6 +48,7 @@ class DemoSettings:
     batch_size: int = 32
     rank: int = 8
     rho: float = 2.0
+    eva_max_batches: int = 20  # cap on EVA's SVD batches (16 windows each)
     eval_episodes: int = 20
     seed: int = 0
     workers: int = 2
@@ -69,6 +70,7 @@ class DemoSettings:
             pretrain_steps=60,
             finetune_steps=30,
             batch_size=16,
+            eva_max_batches=4,
             eval_episodes=4,
             **({"task": task} if task else {}),
         )
@@ -196,6 +198,8 @@ def finetune_config(settings: DemoSettings, paths: DemoPaths, method: str, progr
         f"train.log_every={max(1, min(25, steps // 20))}",
         f"train.ckpt_every={max(1, steps // 4)}",
         "train.eval_every=0",
+        "train.eval_episodes=0",  # evaluated by the demo's own stage, with the same settings for every run
+        f"eva.max_batches={settings.eva_max_batches}",
         "train.device=cpu",
         f"train.progress={str(progress).lower()}",
     ]
@@ -253,14 +257,13 @@ def run_demo(
     `{"workdir", "task", "settings", "dataset": {...}, "runs": {"pretrain", "lora", "eva"},
     "report": build_report(...) result, "table": Markdown, "stages": [StageRecord], "seconds"}`.
     """
-    from dt_eva.envs import resolve_task
+    from dt_eva.envs import CW10, resolve_task
+    from dt_eva.reporting.tables import method_label
 
     full_task = resolve_task(task) if task else None
     if settings is None:
         settings = DemoSettings.fast(full_task) if fast else DemoSettings.default(full_task)
     full_task = resolve_task(settings.task)
-    from dt_eva.envs import CW10
-
     if full_task not in CW10:
         raise ValueError(f"the demo fine-tunes on a CW10 task; {full_task} is not one of "
                          f"{', '.join(_short(t) for t in CW10)}")
@@ -295,13 +298,14 @@ def run_demo(
     stages.run("pre-train tiny DT", paths.pretrain_run,
                lambda: _train(paths.pretrain_run, pre_cfg, PretrainConfig, run_pretrain, RESUME_MUTABLE_KEYS))
 
+    from dt_eva.training.finetune import RESUME_MUTABLE_KEYS as FT_MUTABLE_KEYS
     from dt_eva.training.finetune import FinetuneConfig, run_finetune
 
     for method in DEMO_METHODS:
         ft_cfg = finetune_config(settings, paths, method, progress)
         run_dir = paths.finetune_run(method)
-        stages.run(f"fine-tune {method.upper()} on {_short(full_task)}", run_dir,
-                   lambda c=ft_cfg, d=run_dir: _train(d, c, FinetuneConfig, run_finetune, RESUME_MUTABLE_KEYS))
+        stages.run(f"fine-tune {method_label(method)} on {_short(full_task)}", run_dir,
+                   lambda c=ft_cfg, d=run_dir: _train(d, c, FinetuneConfig, run_finetune, FT_MUTABLE_KEYS))
 
     # the pre-trained model has no data of the fine-tuning task: condition on the same target return
     target = float(load_dataset(paths.finetune_data, tasks=[full_task]).max_return(full_task))
@@ -309,7 +313,7 @@ def run_demo(
                lambda: _evaluate(paths.pretrain_run, full_task, settings, target, progress))
     for method in DEMO_METHODS:
         run_dir = paths.finetune_run(method)
-        stages.run(f"evaluate {method.upper()}", run_dir,
+        stages.run(f"evaluate {method_label(method)}", run_dir,
                    lambda d=run_dir: _evaluate(d, full_task, settings, None, progress))
 
     from dt_eva.reporting import build_report

@@ -5,11 +5,13 @@ Both models get the same size (hidden, layers, heads, 4x MLP, GELU), the same to
 actions) and optimizer (AdamW), and run in one process on the same CPU threads. A timed unit is
 `steps` full training steps (forward + backward + optimizer step); units of the two models are
 interleaved (ABBA order) over `repeats` rounds so that load from other processes hits both alike,
-and the median tokens/s of each is reported with the ratio ours / HF. HF's model is built from a
+and the median tokens/s of each is reported with the ratio ours / HF, by wall clock and by process
+CPU time (the latter is robust to a CPU shared with other jobs when run with --threads 1). HF's model is built from a
 `DecisionTransformerConfig` (random init, no downloads) with its default attention implementation.
 
     python scripts/bench_dt_throughput.py                   # tiny and paper sizes
     python scripts/bench_dt_throughput.py --preset paper --batch-size 32 --repeats 7
+    python scripts/bench_dt_throughput.py --threads 1       # on a busy, shared CPU
 """
 
 from __future__ import annotations
@@ -83,15 +85,15 @@ def build_hf(cfg: DTConfig, dtype: torch.dtype) -> tuple[torch.nn.Module, Callab
 
 
 def timed_steps(model: torch.nn.Module, loss_fn: Callable, optimizer: torch.optim.Optimizer,
-                batch: dict[str, torch.Tensor], steps: int) -> float:
-    """Seconds for `steps` full training steps."""
-    start = time.perf_counter()
+                batch: dict[str, torch.Tensor], steps: int) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) for `steps` full training steps."""
+    wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
         optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(batch)
         loss.backward()
         optimizer.step()
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def bench_preset(name: str, batch_size: int | None, steps: int, repeats: int, dtype: torch.dtype) -> float:
@@ -117,17 +119,22 @@ def bench_preset(name: str, batch_size: int | None, steps: int, repeats: int, dt
         f"HF attention implementation: {hf_model.config._attn_implementation}"
     )
     rates: dict[str, list[float]] = {"dt_eva": [], "hf": []}
+    cpu_rates: dict[str, list[float]] = {"dt_eva": [], "hf": []}
     for r in range(repeats):
         order = ("dt_eva", "hf") if r % 2 == 0 else ("hf", "dt_eva")  # ABBA against drift
         for label in order:
-            seconds = timed_steps(*runners[label], batch, steps)
-            rates[label].append(steps * tokens_per_step / seconds)
-    ours, theirs = statistics.median(rates["dt_eva"]), statistics.median(rates["hf"])
-    spread = lambda xs: f"[{min(xs):,.0f} .. {max(xs):,.0f}]"  # noqa: E731
-    print(f"  dt_eva : {ours:12,.0f} tokens/s  (median of {repeats}, range {spread(rates['dt_eva'])})")
-    print(f"  hf     : {theirs:12,.0f} tokens/s  (median of {repeats}, range {spread(rates['hf'])})")
-    print(f"  ratio dt_eva / hf = {ours / theirs:.2f}x")
-    return ours / theirs
+            wall, cpu = timed_steps(*runners[label], batch, steps)
+            rates[label].append(steps * tokens_per_step / wall)
+            cpu_rates[label].append(steps * tokens_per_step / cpu)
+    median = statistics.median
+    for label in ("dt_eva", "hf"):
+        xs = rates[label]
+        print(f"  {label:6s}: {median(xs):10,.0f} tokens/s wall (median of {repeats}, range "
+              f"{min(xs):,.0f} .. {max(xs):,.0f}); {median(cpu_rates[label]):10,.0f} tokens per CPU-second")
+    ratio = median(rates["dt_eva"]) / median(rates["hf"])
+    cpu_ratio = median(cpu_rates["dt_eva"]) / median(cpu_rates["hf"])
+    print(f"  ratio dt_eva / hf = {ratio:.2f}x (wall clock), {cpu_ratio:.2f}x (process CPU time)")
+    return ratio
 
 
 def main() -> None:

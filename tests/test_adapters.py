@@ -20,6 +20,7 @@ from dt_eva.adapters import (
     load_adapters,
     merge_adapters,
     save_adapters,
+    unload_adapters,
     unmerge_adapters,
 )
 from dt_eva.adapters.init import whiten_components
@@ -284,6 +285,18 @@ def test_merged_and_unmerged_outputs_agree(method, init):
     torch.testing.assert_close(model(X), unmerged, rtol=1e-4, atol=1e-5)
     for name, layer in adapter_layers(model).items():
         torch.testing.assert_close(layer.base_layer.weight, bases[name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_unload_with_merge_gives_a_plain_model_with_the_same_outputs(method):
+    model = make_toy()
+    inject_adapters(model, TARGETS, method=method, rank=4, init="olora")
+    perturb(model)
+    expected = model(X)
+    assert unload_adapters(model) == {"fc1": 4, "mid": 4, "fc2": 4}
+    assert not adapter_layers(model) and isinstance(model.mid, Conv1D)
+    assert set(model.state_dict()) == set(make_toy().state_dict())
+    torch.testing.assert_close(model(X), expected, rtol=1e-4, atol=1e-5)
 
 
 # ---- save / load ----------------------------------------------------------------------------------------

@@ -53,6 +53,18 @@ def test_episode_modes_split_evenly():
     assert episode_modes(4, [0.2], [0, 50]) == [(0.2, 0), (0.2, 0), (0.2, 50), (0.2, 50)]
 
 
+def test_random_prefix_episodes_start_with_uniform_actions():
+    from dt_eva.data.collect import rollout_task
+
+    arrays, info = rollout_task("reach-v3", episodes=2, noise_levels=[0.0], random_prefixes=[0, 30], seed=0)
+    assert arrays["random_prefix"].tolist() == [0, 30]
+    expert, mixed = arrays["actions"][0], arrays["actions"][1]
+    # the expert's reach actions are smooth; uniform random ones jump around
+    assert np.abs(np.diff(mixed[:30], axis=0)).mean() > 5 * np.abs(np.diff(expert[:30], axis=0)).mean()
+    assert [m["random_prefix"] for m in info["stats"]["by_mode"]] == [0, 30]
+    assert info["stats"]["by_mode"][0]["success_any"] == 1.0
+
+
 def test_collect_writes_valid_documented_files(dataset_dir):
     ds = load_dataset(dataset_dir)
     assert ds.tasks == TASKS and ds.state_dim == 39 and ds.act_dim == 4
@@ -107,12 +119,14 @@ def test_collect_resumes_and_skips_finished_tasks(dataset_copy):
     (dataset_copy / "metadata.json").unlink()
     with pytest.raises(DatasetError, match="did not finish"):
         load_dataset(dataset_copy)
+    (dataset_copy / ".window-close-v3.x1y2.tmpdir").mkdir()  # left by a SIGKILLed writer
     result = collect_dataset(dataset_copy, TASKS, EPISODES, NOISE, seed=0, workers=1, progress=False)
     assert result["run"]["skipped"] == ["reach-v3"] and result["run"]["collected"] == ["window-close-v3"]
     assert {p: p.stat().st_mtime_ns for p in (dataset_copy / "reach-v3").iterdir()} == before
     resumed = _arrays(dataset_copy, "window-close-v3")
     assert all(np.array_equal(original[k], resumed[k]) for k in ARRAY_SPECS)
     assert load_dataset(dataset_copy).tasks == TASKS
+    assert sorted(p.name for p in dataset_copy.iterdir()) == ["metadata.json", *TASKS]
     # nothing left to do
     again = collect_dataset(dataset_copy, TASKS, EPISODES, NOISE, seed=0, workers=1, progress=False)
     assert again["run"]["collected"] == [] and again["run"]["skipped"] == TASKS

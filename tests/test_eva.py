@@ -16,6 +16,15 @@ from dt_eva.eva import EvaConfig, EvaResult, compute_eva, match_modules
 from dt_eva.eva.isvd import IncrementalSVD
 from dt_eva.eva.redistribute import redistribute_ranks
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matrices: threads only add synchronisation cost (a lot of it on a busy shared CPU)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ---------------------------------------------------------------------------------------------
 # small models and data
 
@@ -508,7 +517,7 @@ def test_errors_are_clear():
 
 
 def test_save_load_round_trip(tmp_path):
-    batches = spectra_batches(30, (3.0, 1.5, 0.5), (3.0, 2.5, 0.5), (1.0, 1.0, 1.0))
+    batches = spectra_batches(30, (3.0, 1.5, 0.5), (3.0, 2.8, 0.3), (1.0, 1.0, 1.0), rows=256)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = compute_eva(Inputs(3, d=3), batches, cfg(rank=1, rho=3.0, tau=0.99, whiten=True, max_batches=30))
@@ -538,3 +547,31 @@ def test_lora_a_whitening():
     expected = result.components["0"] / result.singular_values["0"].sqrt()[:, None]
     torch.testing.assert_close(a, expected)
     torch.testing.assert_close(result.lora_A("0", whiten=False), result.components["0"])
+
+
+def test_eva_imports_torch_only():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, dt_eva.eva, dt_eva.eva.peft_interop; "
+        "print(sorted(m for m in ('transformers', 'peft', 'safetensors', 'numpy.random._pickle', 'yaml', "
+        "'gymnasium', 'metaworld', 'dt_eva.models', 'dt_eva.adapters', 'dt_eva.training') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]", f"dt_eva.eva imported {out} at module level"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_svd_runs_on_the_activations_device(counting_svd):
+    model = nn.Sequential(Block(), Block())
+    batches = list(lowrank_batches(30, lead=(4, 16)))
+    config = cfg(rank=3, rho=2.0, tau=0.99, max_batches=30)
+    cpu = compute_eva(model, batches, config)
+    counting_svd.clear()
+    gpu = compute_eva(model.cuda(), batches, config)  # CPU batches are moved to the model's device
+    assert all(s.components.device.type == "cuda" for s in counting_svd)
+    assert gpu.ranks == cpu.ranks and gpu.num_batches == cpu.num_batches
+    for name, r in cpu.ranks.items():
+        assert gpu.components[name].device.type == "cpu"
+        assert abs_cos_rows(gpu.components[name], cpu.components[name]).min() > 0.999

@@ -71,15 +71,15 @@ def test_gpt2_eva_lora_trains_and_round_trips(tmp_path):
         token_mask_fn=lambda b: b["attention_mask"].bool(),
     )
     assert len(eva.ranks) == 8 and sum(eva.ranks.values()) == 8 * 4
-    wrapped = inject_adapters(model, targets, init="eva", eva=eva, alpha=4.0)
+    wrapped = inject_adapters(model, targets, init="eva", eva=eva, alpha=16.0)
     assert wrapped == {n: r for n, r in eva.ranks.items() if r > 0}
     for name, layer in adapter_layers(model).items():
         assert layer.kind == "conv1d"
         torch.testing.assert_close(layer.lora_A, eva.components[name][: layer.rank])
 
     model.train()
-    losses = train(model, batches, adapter_parameters(model), steps=30, lr=1e-2)
-    assert sum(losses[-5:]) / 5 < 0.8 * losses[0], losses
+    losses = train(model, batches, adapter_parameters(model), steps=20, lr=1e-2)
+    assert sum(losses[-3:]) / 3 < 0.8 * losses[0], losses
 
     model.eval()
     with torch.no_grad():
@@ -112,19 +112,19 @@ def test_vit_eva_dora_lowers_the_loss():
     images = torch.randn(24, 3, 16, 16, generator=gen) * 0.5
     images[torch.arange(24), labels] += 1.0  # the label is the brightest channel
     batches = [{"pixel_values": images[i : i + 8], "labels": labels[i : i + 8]} for i in range(0, 24, 8)]
-    targets = ["query", "key", "value", "attention.output.dense", "intermediate.dense"]
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "mlp.fc1"]  # transformers 5 ViT names
     eva = compute_eva(
         model, batches, EvaConfig(rank=4, rho=1.5, tau=0.9, max_batches=3, progress=False), target_modules=targets
     )
     # query, key and value read the very same input: one SVD shared between them
-    assert eva.shared_inputs.get("vit.encoder.layer.0.attention.attention.key") is not None
+    assert eva.shared_inputs.get("vit.layers.0.attention.k_proj") is not None
     wrapped = inject_adapters(model, targets, method="dora", init="eva", eva=eva, alpha=4.0, adjust_alpha=True)
     assert all(r > 0 for r in wrapped.values()) and len(wrapped) <= 10
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(".lora_" in n or n.endswith(".magnitude") for n in trainable)
 
     model.train()
-    losses = train(model, batches, adapter_parameters(model), steps=30, lr=1e-2)
+    losses = train(model, batches, adapter_parameters(model), steps=18, lr=1e-2)
     assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3, losses
 
 
@@ -132,7 +132,9 @@ def test_adalora_through_peft_trains_and_allocates_ranks():
     model = tiny_gpt2()
     batches = counting_batches(4)
     targets = ["c_attn", "attn.c_proj"]
-    ada = apply_adalora(model, targets, init_r=6, target_r=2, total_steps=24, tinit=4, tfinal=6, delta_t=2)
+    ada = apply_adalora(
+        model, targets, init_r=6, target_r=2, total_steps=16, tinit=2, tfinal=4, delta_t=2, alpha=32.0
+    )
     assert len(ada.target_names) == 4 and ada.budget() == 8
     assert ada.ranks() == {n: 0 for n in ada.target_names}  # AdaLoRA starts with E = 0
     assert all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
@@ -142,12 +144,12 @@ def test_adalora_through_peft_trains_and_allocates_ranks():
         model,
         batches,
         ada.parameters(),
-        steps=24,
-        lr=1e-2,
+        steps=16,
+        lr=2e-2,
         extra_loss=ada.orthogonal_regularization,
         after_step=ada.step,
     )
-    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4, losses
+    assert sum(losses[-4:]) / 4 < 0.9 * sum(losses[:4]) / 4, losses
     ranks = ada.ranks()
     assert 0 < sum(ranks.values()) <= ada.budget() < 6 * len(ranks), ranks
     assert set(ada.config.rank_pattern) and all(len(v) == 6 for v in ada.config.rank_pattern.values())

@@ -42,12 +42,21 @@ SUB_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHON
 TINY_MODEL = ["model.hidden_size=32", "model.n_layer=1", "model.n_head=2", "model.context_len=5", "model.dropout=0.1"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    # Tiny models gain nothing from intra-op threads, and on a busy machine they lose a lot to spinning.
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
 def dataset_path(tmp_path_factory) -> Path:
     from dt_eva.data import collect_dataset
 
     path = tmp_path_factory.mktemp("train-data") / "two-tasks"
-    collect_dataset(path, ["reach", "push"], episodes=4, noise_levels=[0.0, 0.3], seed=0, workers=2, progress=False)
+    collect_dataset(path, ["reach", "push"], episodes=4, noise_levels=[0.0, 0.3], seed=0, workers=1, progress=False)
     return path
 
 
@@ -176,8 +185,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(dataset_path, 
     assert f"at step {bad}" in str(err.value) and "last.pt" in str(err.value)
     assert bad >= 2
     ckpt = load_checkpoint(setup.run_dir / "checkpoints" / "last.pt")
-    assert ckpt["step"] == bad - 1 and math.isfinite(ckpt["last_loss"]) or ckpt["step"] == bad - 1
-    assert all(math.isfinite(v) for v in ckpt["model"]["embed_state.weight"].flatten().tolist()[:1]) or True
+    assert ckpt["step"] == bad - 1  # the state after the last update whose loss was finite
     assert max(losses(setup.run_dir), default=0) < bad
     assert not (setup.run_dir / "model.pt").exists()
 
@@ -298,7 +306,8 @@ def test_ddp_two_cpu_processes_on_gloo(dataset_path, tmp_path):
     out.mkdir()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(REPO / "tests" / "dist_train_worker.py"), str(out),
-           *overrides(dataset_path, run_dir, "train.steps=80", "train.log_every=10", "train.ckpt_every=40")]
+           *overrides(dataset_path, run_dir, "train.steps=80", "train.log_every=10", "train.ckpt_every=40",
+                      "train.eval_every=40", "train.eval_tasks=[reach]", "train.eval_episodes=1")]
     done = subprocess.run(cmd, env=SUB_ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
@@ -307,6 +316,9 @@ def test_ddp_two_cpu_processes_on_gloo(dataset_path, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a), "ranks diverged"
     curve = losses(run_dir)
     assert sorted(curve) == list(range(10, 81, 10))  # only rank 0 logs
+    # rank 0 evaluated online while rank 1 waited; eval.json holds the final evaluation
+    assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl") if "eval/success_any" in r] == [40, 80]
+    assert json.loads((run_dir / "eval.json").read_text())["episodes"] == 1
     assert curve[80] < 0.8 * curve[10], curve
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["world_size"] == 2

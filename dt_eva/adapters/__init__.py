@@ -13,6 +13,7 @@ from dt_eva.adapters.inject import (
     describe_adapters,
     inject_adapters,
     merge_adapters,
+    unload_adapters,
     unmerge_adapters,
 )
 from dt_eva.adapters.io import (
@@ -38,6 +39,7 @@ __all__ = [
     "describe_adapters",
     "merge_adapters",
     "unmerge_adapters",
+    "unload_adapters",
     "save_adapters",
     "load_adapters",
     "adapter_config",

@@ -135,6 +135,10 @@ def apply_adalora(
         width = min(module.weight.shape)
         if init_r > width:
             raise ValueError(f"AdaLoRA init_r={init_r} exceeds min(in, out) = {width} of layer {name!r}")
+    from dt_eva.eva.matching import is_conv1d
+
+    # PEFT wants fan_in_fan_out for Conv1D (it flips the flag per layer and warns otherwise)
+    all_conv1d = all(is_conv1d(model.get_submodule(n)) for n in names)
     pattern = "^(?:" + "|".join(re.escape(n) for n in names) + ")$"
     config = AdaLoraConfig(
         target_modules=pattern,
@@ -146,6 +150,7 @@ def apply_adalora(
         deltaT=delta_t,
         lora_alpha=alpha,
         lora_dropout=dropout,
+        fan_in_fan_out=all_conv1d,
         beta1=beta1,
         beta2=beta2,
         orth_reg_weight=orth_reg_weight,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Iterable, Mapping
 
-import torch
 from torch import nn
 
 from dt_eva.adapters import init as inits
@@ -18,6 +17,7 @@ __all__ = [
     "adapter_parameters",
     "merge_adapters",
     "unmerge_adapters",
+    "unload_adapters",
     "describe_adapters",
 ]
 
@@ -86,6 +86,11 @@ def inject_adapters(
     if uses_eva and ranks is not None:
         raise ValueError(f"init={init!r} takes its ranks from the EvaResult; do not pass ranks=")
 
+    if init == "eva" and getattr(getattr(eva, "config", None), "whiten", False):
+        logger.warning(
+            "the EvaResult was computed with whiten=True but init='eva' uses its orthonormal components; "
+            "use init='eva_whiten' for the whitened ablation"
+        )
     if target_modules is None and uses_eva:
         target_modules = sorted(eva.ranks)
     names = _target_names(model, target_modules)
@@ -174,6 +179,22 @@ def unmerge_adapters(model: nn.Module) -> int:
             layer.unmerge()
             count += 1
     return count
+
+
+def unload_adapters(model: nn.Module, merge: bool = True) -> dict[str, int]:
+    """Put the base layers back in place of the adapters, in place; with `merge` the adapters are
+    folded into the weights first (PEFT's merge_and_unload), otherwise they are dropped (for
+    PiSSA / OLoRA that leaves the residual weight). Returns `{module name: rank}` of what was removed.
+    Parameters keep their current `requires_grad`."""
+    removed = {}
+    for name, layer in adapter_layers(model).items():
+        if merge and not layer.merged:
+            layer.merge()
+        elif not merge and layer.merged:
+            layer.unmerge()
+        _set_submodule(model, name, layer.base_layer)
+        removed[name] = layer.rank
+    return removed
 
 
 def describe_adapters(model: nn.Module) -> str:

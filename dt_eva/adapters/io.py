@@ -140,7 +140,6 @@ def load_adapter_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) ->
                         f"{name}.{key}: saved shape {tuple(value.shape)} != model shape {tuple(target.shape)}"
                     )
                 target.copy_(value.to(target.device, target.dtype))
-    _freeze_all_but_adapters(model)
 
 
 def save_adapters(model: nn.Module, path: str | os.PathLike) -> Path:

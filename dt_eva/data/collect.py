@@ -24,7 +24,6 @@ from dt_eva.data.format import (
     METADATA_FILE,
     TASK_FILE,
     DatasetError,
-    dataset_summary,
     read_json,
     read_task_dir,
 )
@@ -352,8 +351,12 @@ def _existing_task(task_dir: Path, params: dict) -> dict | None:
 def _remove_stale_temporaries(out: Path) -> None:
     # left behind only by a SIGKILLed writer; one collect per directory at a time
     for p in out.iterdir():
-        if p.name.startswith(".") and (p.name.endswith(".tmpdir") or p.name.endswith(".old") or p.name.endswith(".tmp")):
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        if not (p.name.startswith(".") and p.name.endswith((".tmpdir", ".old", ".tmp"))):
+            continue
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
 
 
 def _run_tasks(out: Path, tasks: list[str], episodes: int, noise_levels: list[float], random_prefixes: list[int],

@@ -139,7 +139,7 @@ class _EvaRun:
                     batch, exhausted = next(batches), False
                 except StopIteration:
                     batch, exhausted = None, True
-                if dist_utils.any_rank_stopped(exhausted, self.device or torch.device("cpu")):
+                if dist_utils.any_rank_stopped(exhausted):
                     reason = "batches ran out"
                     break
                 batch = move_to_device(batch, self.device)

@@ -17,16 +17,18 @@ def is_main_process() -> bool:
     return not is_distributed() or dist.get_rank() == 0
 
 
-def _collective_device(tensor: Tensor) -> torch.device:
-    # gloo works on CPU tensors; NCCL needs CUDA ones
-    return tensor.device if dist.get_backend() != "gloo" else torch.device("cpu")
+def _collective_device() -> torch.device:
+    """Where tensors must be for the process group's backend: CPU for gloo, this rank's GPU otherwise."""
+    if dist.get_backend() == "gloo" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device())
 
 
 def gather_rows(rows: Tensor) -> Tensor:
     """Concatenate the (r_i, d) row blocks of all ranks, in rank order (r_i may differ)."""
     if not is_distributed():
         return rows
-    device = _collective_device(rows)
+    device = _collective_device()
     local = rows.to(device)
     world = dist.get_world_size()
     sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(world)]
@@ -43,18 +45,17 @@ def all_ranks_true(flags: Tensor) -> Tensor:
     """Element-wise AND of a bool vector over ranks (identity when not distributed)."""
     if not is_distributed():
         return flags
-    device = _collective_device(flags)
+    device = _collective_device()
     t = flags.to(device=device, dtype=torch.int32)
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return t.to(device=flags.device, dtype=torch.bool)
 
 
-def any_rank_stopped(stopped: bool, device: torch.device) -> bool:
+def any_rank_stopped(stopped: bool) -> bool:
     """True on every rank as soon as one rank has no more batches, so collectives never hang."""
     if not is_distributed():
         return stopped
-    probe = torch.zeros(1, dtype=torch.long, device=device if dist.get_backend() != "gloo" else "cpu")
-    probe[0] = int(stopped)
+    probe = torch.tensor([int(stopped)], dtype=torch.long, device=_collective_device())
     dist.all_reduce(probe, op=dist.ReduceOp.MAX)
     return bool(probe.item())
 
@@ -72,7 +73,7 @@ def broadcast_tensor(tensor: Tensor) -> Tensor:
     """Rank 0's copy of a tensor whose shape is the same on every rank."""
     if not is_distributed():
         return tensor
-    device = _collective_device(tensor)
+    device = _collective_device()
     t = tensor.to(device).contiguous().clone()
     dist.broadcast(t, src=0)
     return t.to(tensor.device)

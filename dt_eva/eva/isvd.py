@@ -11,7 +11,9 @@ the estimate has settled.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Iterator
 
 import torch
 from torch import Tensor
@@ -87,7 +89,8 @@ class IncrementalSVD:
         q = min(k + self.oversample, m, d)
         exact = self.method == "exact" or (self.method == "auto" and min(m, d) <= 2 * q)
         if exact:
-            _, s, vh = torch.linalg.svd(stack, full_matrices=False)
+            with _single_thread(stack):
+                _, s, vh = torch.linalg.svd(stack, full_matrices=False)
             s, v = s[:k], vh[:k]
         else:
             s, v = self._randomized(stack, k, q)
@@ -101,12 +104,14 @@ class IncrementalSVD:
             if self._generator is None or self._generator.device != stack.device:
                 self._generator = torch.Generator(device=stack.device).manual_seed(self.seed)
             start.append(torch.randn(d, extra, generator=self._generator, device=stack.device, dtype=stack.dtype))
-        basis = torch.linalg.qr(torch.cat(start, dim=1)).Q
+        basis = _orthonormal_columns(torch.cat(start, dim=1))
         # a cold start needs a few more iterations than one warm-started from the last estimate
         iters = self.power_iters if self.components is not None else self.power_iters + 2
         for _ in range(iters):
-            basis = torch.linalg.qr(stack.T @ (stack @ basis)).Q
-        _, s, wh = torch.linalg.svd(stack @ basis, full_matrices=False)  # Rayleigh-Ritz on the subspace
+            basis = _orthonormal_columns(stack.T @ (stack @ basis))
+        projected = stack @ basis  # Rayleigh-Ritz on the subspace: a thin (m, q) SVD
+        with _single_thread(projected):
+            _, s, wh = torch.linalg.svd(projected, full_matrices=False)
         return s[:k], (wh[:k] @ basis.T)
 
     @property
@@ -132,6 +137,26 @@ class IncrementalSVD:
         """Bytes held by the running estimate (what must not grow with the number of batches)."""
         tensors = (self.mean, self.total_sum_squares, self.components, self.singular_values)
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+def _orthonormal_columns(a: Tensor) -> Tensor:
+    with _single_thread(a):
+        return torch.linalg.qr(a).Q
+
+
+@contextlib.contextmanager
+def _single_thread(t: Tensor) -> Iterator[None]:
+    """Run a thin CPU factorisation on one thread: for these sizes, LAPACK's threading costs more
+    than it gains, and on a busy machine thread barriers make it 10-100x slower."""
+    if t.device.type != "cpu" or torch.get_num_threads() == 1:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _fix_signs(v: Tensor) -> Tensor:

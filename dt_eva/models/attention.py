@@ -104,6 +104,29 @@ class CausalSelfAttention(nn.Module):
             self._mask_cache[key] = future_mask(t_query, t_key, offset, stride, device)
         return self._mask_cache[key]
 
+    def _additive_future_mask(self, t_query: int, t_key: int, offset: int, stride: int,
+                              dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        key = ("additive", t_query, t_key, offset, stride, dtype, device)
+        if key not in self._mask_cache:
+            mask = self._future_mask(t_query, t_key, offset, stride, device)
+            self._mask_cache[key] = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill_(mask, float("-inf"))
+        return self._mask_cache[key]
+
+    def _cpu_dropout_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float,
+                               offset: int, stride: int) -> torch.Tensor:
+        """softmax(QK^T/sqrt(d) + causal mask) with dropout, times V, on `[B, heads, T, d]` tensors.
+
+        SDPA has no fused CPU kernel with dropout; this math path fuses the scale and the (cached,
+        additive) mask into one `baddbmm` and uses the cheap dropout mask.
+        """
+        b, h, t_q, d = q.shape
+        t = k.shape[2]
+        mask = self._additive_future_mask(t_q, t, offset, stride, q.dtype, q.device)
+        scores = torch.baddbmm(mask, q.reshape(b * h, t_q, d), k.reshape(b * h, t, d).transpose(1, 2),
+                               alpha=1.0 / math.sqrt(d))
+        weights = fast_dropout(torch.softmax(scores, dim=-1), dropout_p)
+        return torch.bmm(weights, v.reshape(b * h, t, d)).view(b, h, t_q, d)
+
     def forward(self, x: torch.Tensor, query_tokens: tuple[int, int] | None = None) -> torch.Tensor:
         """Attention output `[B, T, C]`, or `[B, T_q, C]` for the queries `x[:, offset::stride]`
         when `query_tokens=(offset, stride)` (keys and values still cover all T tokens)."""
@@ -126,9 +149,7 @@ class CausalSelfAttention(nn.Module):
             scores = scores.masked_fill(future_mask(t_q, t, offset, stride, q.device), float("-inf"))
             y = F.dropout(torch.softmax(scores, dim=-1), p=dropout_p) @ v
         elif dropout_p > 0.0 and q.device.type == "cpu":
-            scores = (q * (1.0 / math.sqrt(self.head_dim))) @ k.transpose(-2, -1)
-            scores = scores.masked_fill_(self._future_mask(t_q, t, offset, stride, q.device), float("-inf"))
-            y = fast_dropout(torch.softmax(scores, dim=-1), dropout_p) @ v
+            y = self._cpu_dropout_attention(q, k, v, dropout_p, offset, stride)
         elif query_tokens is None:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
         else:  # strided queries: is_causal would align query i with key i, so pass the mask

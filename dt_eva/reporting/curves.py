@@ -96,6 +96,10 @@ def plot_learning_curves(groups: dict[str, Sequence[RunRecord]], path: str | os.
     ax_succ.set_xlabel("updates")
     ax_succ.set_ylabel("success rate (any step)")
     ax_succ.set_ylim(-0.03, 1.03)
+    if any_loss or any_success:  # one x range for both panels, from the first update
+        right = max(ax_loss.get_xlim()[1] if any_loss else 0, ax_succ.get_xlim()[1] if any_success else 0)
+        for ax in (ax_loss, ax_succ):
+            ax.set_xlim(0, right)
     for ax, has, what in ((ax_loss, any_loss, "no loss logged"), (ax_succ, any_success, "no evaluation logged")):
         if has:
             ax.legend(fontsize=8)

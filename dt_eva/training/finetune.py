@@ -23,7 +23,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -565,8 +564,9 @@ def save_eva_artifacts(result: Any, eva_dir: Path, extra: dict[str, Any] | None 
     with atomic_dir(eva_dir) as tmp:
         result.save(tmp)
         (tmp / EVA_SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        total = summary["total_rank"]
-        plot_rank_heatmap(result.ranks, tmp / RANKS_PLOT_FILE, title=f"EVA ranks (budget {total}) - {extra.get('task', '') if extra else ''}".rstrip(" -"))
+        task = (extra or {}).get("task")
+        title = f"EVA ranks{' on ' + task if task else ''} (total {summary['total_rank']})"
+        plot_rank_heatmap(result.ranks, tmp / RANKS_PLOT_FILE, title=title)
     return eva_dir
 
 
@@ -716,7 +716,10 @@ def _method_hooks(mm: MethodModel, base: PretrainedBase) -> tuple[Any, Any, Any,
     ada = mm.adalora
 
     def loss_fn(model: nn.Module, batch: Any) -> torch.Tensor:
-        return model.loss(batch) + ada.orthogonal_regularization()
+        # PEFT's orthogonal regulariser enters the gradient, while the logged value stays the action
+        # MSE so that AdaLoRA's learning curve is comparable with the other methods'.
+        reg = ada.orthogonal_regularization()
+        return model.loss(batch) + (reg - reg.detach())
 
     return loss_fn, ada.step, extra_state, load_extra
 

@@ -277,9 +277,11 @@ class Trainer:
                 is_last = step == cfg.steps
                 do_log = step % cfg.log_every == 0 or is_last
                 do_ckpt = step % cfg.ckpt_every == 0 or is_last
-                do_eval = self.eval_fn is not None and cfg.eval_every > 0 and (step % cfg.eval_every == 0 or is_last)
+                # Decided identically on every rank: the loss check below is a collective under DDP.
+                at_eval_step = cfg.eval_every > 0 and (step % cfg.eval_every == 0 or is_last)
+                do_eval = at_eval_step and self.eval_fn is not None  # rank 0 only in pre-training
                 stop = any_rank(self.dist, self._stop_signal is not None)
-                if pending and (do_log or do_ckpt or do_eval or stop):
+                if pending and (do_log or do_ckpt or at_eval_step or stop):
                     window_losses.extend(self._checked_losses(pending, step))
                     pending = []
                 if do_log and logger is not None:

@@ -92,7 +92,7 @@ def prepare_pretrain(
     if dist.is_main:
         try:
             resuming = _prepare_dir_and_config(cfg, run_dir, resume, force)
-        except (ValueError, FileNotFoundError) as e:
+        except Exception as e:  # hand it to the other ranks too, so none waits for rank 0 forever
             error = e
     error, resuming = broadcast_object(dist, (error, resuming))
     if error is not None:

@@ -1,0 +1,244 @@
+"""Batched online evaluation (`dt_eva.evaluation`): real Meta-World envs, a real tiny DT.
+
+The key check: the lock-step batched rollout gives the same actions, returns and success flags per
+episode as the one-env, one-episode-at-a-time reference rollout of the same model on `make_env`
+envs pinned to the same goal layouts.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from dt_eva.envs import EPISODE_LENGTH, fix_goal, make_env
+from dt_eva.evaluation import (
+    EVAL_SEED_OFFSET,
+    episode_layout,
+    episode_success,
+    eval_mode,
+    evaluate_policy,
+    rollout_reference_episode,
+    summarize_task,
+    update_returns_to_go,
+)
+from dt_eva.models import DecisionTransformer, DTConfig
+
+CONTRACT_TASK_KEYS = {
+    "success_any", "success_final", "return_mean", "return_std", "episodes", "target_return",
+    "success_any_per_episode",
+}
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    # the suite shares 2 cores with the simulator; spinning intra-op threads only slow it down
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_dt(token_layout: str = "s,R,a,r", context_len: int = 8, dtype=torch.float64) -> DecisionTransformer:
+    """A tiny DT with random weights whose actions react visibly to states, RTG and rewards."""
+    torch.manual_seed(0)
+    cfg = DTConfig.tiny(hidden_size=32, n_layer=2, n_head=2, context_len=context_len, token_layout=token_layout)
+    model = DecisionTransformer(cfg)
+    with torch.no_grad():  # larger random weights than the GPT-2 init: actions away from 0
+        torch.nn.init.normal_(model.action_head.weight, std=1.0)
+        torch.nn.init.normal_(model.embed_state.weight, std=0.3)
+    return model.to(dtype)
+
+
+# --- return conditioning and success semantics -----------------------------------------------------
+def test_rtg_update_matches_hand_computation():
+    r0 = 400.0 / 200.0
+    rtg = np.array([r0])
+    seq = []
+    for r in [3.0, 5.0, 0.0, -20.0, -100.0]:  # negative rewards would raise R above R0: clipped
+        rtg = update_returns_to_go(rtg, np.array([r]), 200.0, r0)
+        seq.append(float(rtg[0]))
+    expected = [2.0 - 0.015, 2.0 - 0.015 - 0.025, 1.96, 2.0, 2.0]
+    np.testing.assert_allclose(seq, expected, rtol=0, atol=1e-12)
+    # the torch path (used in the rollout) agrees, per env
+    t = update_returns_to_go(torch.tensor([[2.0], [1.0]]), torch.tensor([[10.0], [-300.0]]), 200.0,
+                             torch.tensor([[2.0], [1.0]]))
+    np.testing.assert_allclose(t.numpy(), [[1.95], [1.0]], rtol=0, atol=1e-6)
+
+
+def test_success_any_vs_final():
+    seqs = np.zeros((4, EPISODE_LENGTH), dtype=bool)
+    seqs[1, 60:90] = True  # succeeded at step 60, lost it again: any but not final
+    seqs[2, 150:] = True  # succeeded and stayed: both
+    seqs[3, -1] = True  # only the very last step
+    any_, final = episode_success(seqs.astype(np.float64))  # info["success"] comes as 0.0 / 1.0
+    assert any_.tolist() == [False, True, True, True]
+    assert final.tolist() == [False, False, True, True]
+    entry = summarize_task(np.array([1.0, 2.0, 3.0, 6.0]), seqs, target_return=7.0)
+    assert entry["success_any"] == 0.75 and entry["success_final"] == 0.5
+    assert entry["return_mean"] == 3.0 and entry["return_std"] == pytest.approx(np.std([1, 2, 3, 6]))
+    assert entry["success_any_per_episode"] == [0.0, 1.0, 1.0, 1.0]
+
+
+def test_success_semantics_on_a_recorded_expert_episode():
+    """A real episode's `info["success"]` sequence: any = max over steps, final = the last step."""
+    from metaworld.policies import ENV_POLICY_MAP
+
+    env = make_env("reach", seed=EVAL_SEED_OFFSET, goal_index=0)
+    policy = ENV_POLICY_MAP["reach-v3"]()
+    obs, _ = env.reset()
+    recorded = []
+    for _ in range(EPISODE_LENGTH):
+        obs, _, _, truncated, info = env.step(policy.get_action(obs))
+        recorded.append(info["success"])
+    env.close()
+    assert truncated and len(recorded) == EPISODE_LENGTH
+    any_, final = episode_success(np.array([recorded]))
+    assert bool(any_[0]) == (max(recorded) > 0) and bool(final[0]) == (recorded[-1] > 0)
+    assert any_[0], "the scripted expert solves reach"
+
+
+# --- seeds -------------------------------------------------------------------------------------------
+def test_evaluation_layouts_are_disjoint_from_collection_and_distinct():
+    from dt_eva.data import ENV_SEED_BASE
+
+    layouts = [episode_layout(0, j) for j in range(120)]
+    assert len(set(layouts)) == 120
+    assert layouts[0] == (EVAL_SEED_OFFSET, 0) and layouts[50] == (EVAL_SEED_OFFSET + 1, 0)
+    assert all(s < ENV_SEED_BASE for s, _ in layouts)
+    model = tiny_dt()
+    with pytest.raises(ValueError, match="range used for training data"):
+        evaluate_policy(model, "reach", episodes=1, seed=ENV_SEED_BASE, target_returns=1.0, progress=False)
+
+
+# --- the batched rollout ------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_batched_rollout_equals_one_episode_at_a_time():
+    model = tiny_dt("s,R,a,r")
+    tasks, episodes, seed, target = ["reach", "push"], 2, 3, 900.0
+    # 3 envs in lock-step for 4 episodes: chunks of mixed tasks and a short last chunk
+    scales = dict(rtg_scale=150.0, reward_scale=40.0)  # distinct, so a swapped scale shows
+    result = evaluate_policy(model, tasks, episodes=episodes, seed=seed, target_returns=target,
+                             num_envs=3, progress=False, **scales)
+
+    with eval_mode(model):
+        for task in tasks:
+            entry = result["tasks"][f"{task}-v3"]
+            env = make_env(task, episode_layout(seed, 0)[0])  # episodes < 50: all from one MT1 seed
+            for j in range(episodes):
+                mt1_seed, index = episode_layout(seed, j)
+                assert mt1_seed == episode_layout(seed, 0)[0]
+                fix_goal(env, index)
+                ref = rollout_reference_episode(model, env, target, **scales)
+                assert ref.actions.shape == (1, EPISODE_LENGTH, 4)
+                np.testing.assert_allclose(entry["return_per_episode"][j], ref.returns[0], rtol=1e-9)
+                any_, final = episode_success(ref.successes)
+                assert entry["success_any_per_episode"][j] == float(any_[0])
+                assert entry["success_final_per_episode"][j] == float(final[0])
+            env.close()
+    # the policy did something: episodes differ from one another
+    returns = [r for e in result["tasks"].values() for r in e["return_per_episode"]]
+    assert len(set(np.round(returns, 6))) == len(returns)
+
+
+@pytest.mark.slow
+def test_lockstep_actions_equal_reference_actions():
+    """Action-level check on one chunk (returns could in principle agree by accident), with the
+    other token layout (no reward tokens), a short context and non-default scales."""
+    import gymnasium as gym
+
+    from dt_eva.evaluation import LayoutEnv, rollout_lockstep
+
+    model = tiny_dt("R,s,a", context_len=5)
+    layouts = [episode_layout(0, 0), episode_layout(0, 7)]
+    envs = [LayoutEnv("reach") for _ in layouts]
+    for env, layout in zip(envs, layouts):
+        env.layout = layout
+    vec = gym.vector.SyncVectorEnv([lambda e=e: e for e in envs])
+    targets = np.array([500.0, 1200.0])
+    with eval_mode(model):
+        batch = rollout_lockstep(model, vec, targets, rtg_scale=100.0, reward_scale=50.0)
+        env = make_env("reach", layouts[0][0])  # both layouts come from this MT1 seed
+        for i, (_, index) in enumerate(layouts):
+            fix_goal(env, index)
+            ref = rollout_reference_episode(model, env, targets[i], rtg_scale=100.0, reward_scale=50.0)
+            np.testing.assert_allclose(batch.actions[i], ref.actions[0], rtol=0, atol=1e-6)
+            np.testing.assert_array_equal(batch.successes[i], ref.successes[0])
+            np.testing.assert_allclose(batch.rewards[i], ref.rewards[0], rtol=1e-9)
+        env.close()
+    vec.close()
+    assert batch.actions.shape == (2, EPISODE_LENGTH, 4) and np.abs(batch.actions).max() > 0.1
+    assert model.training  # eval_mode restored the train flag
+
+
+@pytest.mark.slow
+def test_evaluate_policy_result_structure_and_determinism():
+    model = tiny_dt(dtype=torch.float32).train()
+    kwargs = dict(episodes=3, seed=1, target_returns={"reach": 800.0, "window-close": 1000.0}, progress=False)
+    result = evaluate_policy(model, "reach,window-close", **kwargs)
+    assert set(result) >= {"tasks", "mean", "episodes", "seed", "seconds", "env_steps_per_s"}
+    assert list(result["tasks"]) == ["reach-v3", "window-close-v3"]
+    for task, entry in result["tasks"].items():
+        assert CONTRACT_TASK_KEYS <= set(entry)
+        assert entry["episodes"] == 3 and len(entry["success_any_per_episode"]) == 3
+        assert 0.0 <= entry["success_final"] <= 1.0 and 0.0 <= entry["success_any"] <= 1.0
+        assert all(f <= a for a, f in zip(entry["success_any_per_episode"], entry["success_final_per_episode"]))
+        # 200 steps of reward in [0, 10]: a 0-step or truncated episode could not reach this
+        assert all(0.0 < r <= 10.0 * EPISODE_LENGTH for r in entry["return_per_episode"])
+    assert result["tasks"]["reach-v3"]["target_return"] == 800.0
+    assert result["mean"]["return_mean"] == pytest.approx(
+        np.mean([e["return_mean"] for e in result["tasks"].values()]))
+    assert result["episodes"] == 3 and result["seed"] == 1 and result["env_steps_per_s"] > 0
+    json.dumps(result)  # eval.json material
+    assert model.training
+
+    again = evaluate_policy(model, "reach,window-close", num_envs=2, **kwargs)
+    for task in result["tasks"]:
+        np.testing.assert_allclose(again["tasks"][task]["return_per_episode"],
+                                   result["tasks"][task]["return_per_episode"], rtol=1e-4)
+
+
+# --- bad input ------------------------------------------------------------------------------------
+def test_bad_input_errors():
+    model = tiny_dt()
+    with pytest.raises(ValueError, match="unknown Meta-World task 'hamer'.*hammer"):
+        evaluate_policy(model, "hamer", episodes=1, target_returns=1.0, progress=False)
+    with pytest.raises(ValueError, match="--target-return"):
+        evaluate_policy(model, "hammer", episodes=1, progress=False)
+    with pytest.raises(FileNotFoundError, match="--target-return"):
+        evaluate_policy(model, "hammer", episodes=1, progress=False, dataset="/nonexistent/data")
+    with pytest.raises(ValueError, match="episodes must be a positive integer"):
+        evaluate_policy(model, "hammer", episodes=0, target_returns=1.0, progress=False)
+    with pytest.raises(ValueError, match="num_envs"):
+        evaluate_policy(model, "hammer", episodes=1, target_returns=1.0, num_envs=0, progress=False)
+    with pytest.raises(ValueError, match="rtg_scale"):
+        evaluate_policy(model, "hammer", episodes=1, target_returns=1.0, rtg_scale=0.0, progress=False)
+    wrong = DecisionTransformer(DTConfig.tiny(state_dim=17, hidden_size=32, n_head=2, n_layer=1))
+    with pytest.raises(ValueError, match="state_dim=17.*Meta-World"):
+        evaluate_policy(wrong, "hammer", episodes=1, target_returns=1.0, progress=False)
+
+
+# --- video ------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_video_is_written_or_warned_never_raised(tmp_path, monkeypatch):
+    from dt_eva.evaluation.video import write_episode_gifs
+
+    episode = {"task": "reach-v3", "layout": episode_layout(0, 0), "actions": np.zeros((6, 4), np.float32)}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        written = write_episode_gifs(tmp_path / "ok", [episode])
+    if written:  # rendering works here: a real multi-frame GIF
+        import imageio.v2 as imageio
+
+        frames = imageio.mimread(written["reach-v3"])
+        assert len(frames) == 4 and frames[0].ndim == 3
+    else:
+        assert any("rendering failed" in str(w.message) for w in caught)
+
+    monkeypatch.setenv("MUJOCO_GL", "no-such-backend")
+    with pytest.warns(RuntimeWarning, match="MUJOCO_GL=no-such-backend"):
+        assert write_episode_gifs(tmp_path / "bad", [episode]) == {}
+    assert not list((tmp_path / "bad").glob("*.gif"))
