@@ -123,3 +123,11 @@ def test_validation_in_post_init_surfaces_as_value_error():
         load_config(PretrainConfig, None, ["model.hidden_size=130", "model.n_head=4"])
     with pytest.raises(ValueError, match="train.precision"):
         load_config(PretrainConfig, None, ["train.precision=fp16"])
+
+
+@pytest.mark.parametrize("preset", ["tiny", "paper"])
+def test_preset_eval_tasks_are_pretraining_tasks(preset):
+    from dt_eva.envs import MT40, resolve_tasks
+
+    cfg = load_config(PretrainConfig, REPO / f"configs/pretrain/{preset}.yaml")
+    assert cfg.train.eval_tasks and set(resolve_tasks(cfg.train.eval_tasks)) <= set(MT40)

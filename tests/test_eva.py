@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import math
 import warnings
 import weakref
 
@@ -320,6 +319,29 @@ def test_different_inputs_at_a_reused_address_are_not_shared():
     assert not torch.allclose(result.components["a"], result.components["b"], atol=1e-3)
 
 
+class InPlaceAfterUse(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(16, 4)
+
+    def forward(self, x):
+        t = torch.relu(x)
+        y = self.a(t)
+        t.zero_()  # the layer's input is overwritten after the layer read it
+        return y
+
+
+def test_first_batch_rows_are_taken_at_call_time():
+    batches = list(lowrank_batches(3, lead=(4, 16)))
+    with pytest.warns(UserWarning):
+        result = compute_eva(InPlaceAfterUse(), batches, cfg(rank=2, tau=1.0, max_batches=3, svd="exact"))
+    reference = IncrementalSVD(4, method="exact")
+    for x in batches:
+        reference.update(torch.relu(x).reshape(-1, 16))
+    torch.testing.assert_close(result.components["a"], reference.components[:2])
+    torch.testing.assert_close(result.singular_values["a"], reference.singular_values[:2])
+
+
 # ---------------------------------------------------------------------------------------------
 # convergence, re-hooking, the cap, memory
 
@@ -564,14 +586,16 @@ def test_eva_imports_torch_only():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_svd_runs_on_the_activations_device(counting_svd):
-    model = nn.Sequential(Block(), Block())
-    batches = list(lowrank_batches(30, lead=(4, 16)))
-    config = cfg(rank=3, rho=2.0, tau=0.99, max_batches=30)
-    cpu = compute_eva(model, batches, config)
-    counting_svd.clear()
-    gpu = compute_eva(model.cuda(), batches, config)  # CPU batches are moved to the model's device
-    assert all(s.components.device.type == "cuda" for s in counting_svd)
-    assert gpu.ranks == cpu.ranks and gpu.num_batches == cpu.num_batches
+    model = Inputs(2)
+    batches = list(spectra_batches(10, STEEP, FLAT))
+    config = cfg(rank=2, rho=2.0, tau=1.0, max_batches=10)  # tau=1: both run all 10 batches
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cpu = compute_eva(model, batches, config)
+        counting_svd.clear()
+        gpu = compute_eva(model.cuda(), batches, config)  # CPU batches are moved to the model's device
+    assert counting_svd and all(s.components.device.type == "cuda" for s in counting_svd)
+    assert gpu.ranks == cpu.ranks == {"a": 1, "b": 3}
     for name, r in cpu.ranks.items():
         assert gpu.components[name].device.type == "cpu"
         assert abs_cos_rows(gpu.components[name], cpu.components[name]).min() > 0.999

@@ -150,3 +150,18 @@ def test_dropout_in_training_changes_output_but_keeps_scale() -> None:
     assert not torch.allclose(noisy[0], noisy[1])
     # inverted dropout keeps the expected activation: averaged predictions stay near the clean ones
     assert (noisy.mean(0) - clean).abs().mean() < 0.5 * (noisy[0] - clean).abs().mean()
+
+
+def test_bfloat16_training_step_and_autocast_run_on_cpu() -> None:
+    torch.manual_seed(0)
+    model = DecisionTransformer(small_config(dropout=0.1))
+    batch = make_batch(model.cfg)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model.loss(batch)
+    loss.backward()
+    assert loss.dtype == torch.float32 and loss.isfinite()
+    model_bf16 = DecisionTransformer(small_config(dropout=0.1)).to(torch.bfloat16)
+    bf16_batch = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in batch.items()}
+    loss = model_bf16.loss(bf16_batch)
+    loss.backward()
+    assert loss.isfinite() and all(p.grad is not None for p in model_bf16.parameters())

@@ -26,6 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="envs stepped in lock-step, one model forward per step (default: all episodes, at most 64)",
     )
     parser.add_argument("--device", default="cpu", help="torch device for the model (default cpu)")
+    parser.add_argument(
+        "--threads", type=int, default=None,
+        help="torch intra-op threads (default: torch's; 1 is faster on a busy CPU, see docs/benchmarks.md)",
+    )
     parser.add_argument("--video", action="store_true", help="GIF of episode 0 of every task into <run>/videos/")
     parser.add_argument("--async", dest="asynchronous", action="store_true", help="step envs in worker processes")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -34,6 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from dt_eva.evaluation import evaluate_run
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     result = evaluate_run(
         args.run,
         tasks=args.tasks,

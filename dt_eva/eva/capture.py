@@ -51,31 +51,51 @@ def input_identity(x: Tensor) -> tuple:
 
 
 class InputProbe:
-    """Holds references to every target layer's inputs during one forward pass (the first batch)."""
+    """Watches every target layer during one forward pass (the first batch).
 
-    def __init__(self, names: Sequence[str]) -> None:
+    It keeps a reference to each input (so no input's memory can be freed and handed to a later
+    layer while the pass runs) and a copy of its selected rows, taken at call time because a model
+    may modify a tensor in place after a layer has read it. Inputs with the same identity are copied once.
+    """
+
+    def __init__(self, names: Sequence[str], rows_fn: Callable[[str, Tensor], Tensor]) -> None:
         self.names = list(names)
-        self.inputs: dict[str, list[Tensor]] = defaultdict(list)
+        self.rows_fn = rows_fn
+        self.keys: dict[str, list[tuple]] = defaultdict(list)
+        self.rows: dict[tuple, Tensor] = {}
+        self._alive: list[Tensor] = []
 
     def hook(self, name: str) -> Callable:
         def _hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-            self.inputs[name].append(layer_input(name, args, kwargs).detach())
+            x = layer_input(name, args, kwargs).detach()
+            key = input_identity(x)
+            if key not in self.rows:
+                self._alive.append(x)
+                rows = self.rows_fn(name, x)
+                shares_memory = rows.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
+                self.rows[key] = rows.clone() if shares_memory else rows
+            self.keys[name].append(key)
 
         return _hook
 
     def uncalled(self) -> list[str]:
-        return [n for n in self.names if not self.inputs.get(n)]
+        return [n for n in self.names if not self.keys.get(n)]
 
     def shared_input_groups(self) -> list[list[str]]:
         """Layers grouped by identical inputs (every call identical), in target order; singletons included."""
         groups: dict[tuple, list[str]] = {}
         for name in self.names:
-            key = tuple(input_identity(x) for x in self.inputs[name])
-            groups.setdefault(key, []).append(name)
+            groups.setdefault(tuple(self.keys[name]), []).append(name)
         return list(groups.values())
 
+    def rows_of(self, name: str) -> list[Tensor]:
+        """The selected rows of each call of layer `name`, as they were at call time."""
+        return [self.rows[k] for k in self.keys[name]]
+
     def clear(self) -> None:
-        self.inputs.clear()
+        self.keys.clear()
+        self.rows.clear()
+        self._alive.clear()
 
 
 def module_training_flags(model: nn.Module) -> dict[str, bool]:

@@ -202,7 +202,7 @@ class _EvaRun:
     # ---- first batch: find shared inputs, then feed it to the SVDs ----------------------------
     def _probe_first_batch(self, batch: Any) -> None:
         names = [n for n, _ in self.targets]
-        probe = InputProbe(names)
+        probe = InputProbe(names, lambda name, x: select_rows(name, x, self.mask))
         try:
             for name, module in self.targets:
                 self._probe_handles.append(module.register_forward_hook(probe.hook(name), with_kwargs=True))
@@ -230,13 +230,13 @@ class _EvaRun:
                 seed=cfg.seed,
             )
             group = _Group(members, self.modules[members[0]], svd)
-            group.expected_calls = len(probe.inputs[members[0]])
+            group.expected_calls = len(probe.keys[members[0]])
             self.groups.append(group)
             for m in members:
                 self.group_of[m] = group
         for group in self.groups:
-            for x in probe.inputs[group.name]:
-                group.svd.update(dist_utils.gather_rows(select_rows(group.name, x, self.mask)))
+            for rows in probe.rows_of(group.name):
+                group.svd.update(dist_utils.gather_rows(rows))
         probe.clear()
         for group in self.groups:
             self._hook(group)

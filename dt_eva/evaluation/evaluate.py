@@ -162,7 +162,7 @@ class _LockstepEnvs:
         if tuple(tasks) != self._async_tasks:  # same task mix as the last chunk: keep the workers
             self.close()
             self._async_vec = gym.vector.AsyncVectorEnv(
-                [functools.partial(LayoutEnv, t) for t in tasks], context="forkserver", copy=False
+                [functools.partial(LayoutEnv, t) for t in tasks], copy=False
             )
             self._async_tasks = tuple(tasks)
         self._async_vec.set_attr("layout", layouts)

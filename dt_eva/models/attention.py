@@ -64,11 +64,13 @@ def future_mask(t_query: int, t_key: int, query_offset: int = 0, query_stride: i
     return torch.arange(t_key, device=device) > positions[:, None]
 
 
-def eager_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
-    """Reference attention on `[B, heads, T, d]` tensors: softmax(QK^T/sqrt(d) + causal mask) V."""
+def eager_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float,
+                           query_offset: int = 0, query_stride: int = 1) -> torch.Tensor:
+    """Reference attention on `[B, heads, T, d]` tensors: softmax(QK^T/sqrt(d) + causal mask) V,
+    where query i sits at sequence position `query_offset + i * query_stride`."""
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
-    scores = scores.masked_fill(future_mask(q.shape[-2], k.shape[-2], device=q.device), float("-inf"))
-    weights = F.dropout(torch.softmax(scores, dim=-1), p=dropout_p)
+    future = future_mask(q.shape[-2], k.shape[-2], query_offset, query_stride, device=q.device)
+    weights = F.dropout(torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1), p=dropout_p)
     return weights @ v
 
 
@@ -145,9 +147,7 @@ class CausalSelfAttention(nn.Module):
             q = q[:, :, offset::stride]
         t_q = q.shape[2]
         if self.backend == "eager":
-            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
-            scores = scores.masked_fill(future_mask(t_q, t, offset, stride, q.device), float("-inf"))
-            y = F.dropout(torch.softmax(scores, dim=-1), p=dropout_p) @ v
+            y = eager_causal_attention(q, k, v, dropout_p, offset, stride)
         elif dropout_p > 0.0 and q.device.type == "cpu":
             y = self._cpu_dropout_attention(q, k, v, dropout_p, offset, stride)
         elif query_tokens is None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -34,7 +33,20 @@ from dt_eva.config import config_diff, config_to_dict, load_config, save_config
 from dt_eva.utils.io import atomic_dir, atomic_torch_save, atomic_write_json
 
 from .configs import DataConfig, OptimConfig, TrainConfig
-from .methods import EVA_SEED_OFFSET, METHODS, MethodSpec, check_rank_fits, compute_dt_eva, eva_summary, resolve_method
+from .methods import (
+    EVA_SEED_OFFSET,
+    METHODS,
+    MethodModel,
+    MethodSpec,
+    adalora_ranks,
+    adalora_allocator_state,
+    build_method_model,
+    check_rank_fits,
+    compute_dt_eva,
+    eva_summary,
+    load_adalora_allocator_state,
+    resolve_method,
+)
 
 KIND = "finetune"
 ADAPTERS_DIR = "adapters"
@@ -386,147 +398,15 @@ def _check_same_base(recorded: dict[str, Any], base: PretrainedBase, where: str)
 # --- building the model of a method ----------------------------------------------------------------
 
 
-@dataclass
-class MethodModel:
-    """The fine-tuning model of one method plus what the training loop needs to train and checkpoint it."""
-
-    model: nn.Module
-    spec: MethodSpec
-    wrapped: dict[str, int]  # adapted module -> rank (empty for FFT)
-    adalora: Any = None  # dt_eva.adapters.adalora.AdaLoraAdapter for AdaLoRA
-
-    def trainable_parameters(self) -> int:
-        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """What checkpoints and `model.pt` hold: only the tensors fine-tuning changes."""
-        if self.spec.kind == "full":
-            return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        if self.spec.kind == "adapter":
-            from dt_eva.adapters import adapter_state_dict
-
-            return adapter_state_dict(self.model)
-        return {k: v.detach().clone() for k, v in self.model.state_dict().items() if _is_adalora_key(k)}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        if self.spec.kind == "full":
-            self.model.load_state_dict(state)
-        elif self.spec.kind == "adapter":
-            from dt_eva.adapters import load_adapter_state_dict
-
-            load_adapter_state_dict(self.model, state)
-        else:
-            expected = {k for k in self.model.state_dict() if _is_adalora_key(k)}
-            if set(state) != expected:
-                raise ValueError(
-                    f"AdaLoRA weights do not fit the model: missing {sorted(expected - set(state))[:5]}, "
-                    f"unexpected {sorted(set(state) - expected)[:5]}"
-                )
-            self.model.load_state_dict(state, strict=False)
-
-    def ranks(self) -> dict[str, int]:
-        """Current rank of every adapted module (AdaLoRA: after pruning)."""
-        if self.adalora is not None:
-            return self.adalora.ranks()
-        return dict(self.wrapped)
-
-    def merged_state_dict(self) -> dict[str, torch.Tensor]:
-        """A plain DT state dict (base module names) with the adapters folded into the weights.
-
-        Works on a copy, so the adapter model itself is left unmerged.
-        """
-        import copy
-
-        model = copy.deepcopy(self.model).cpu()
-        if self.spec.kind == "adapter":
-            from dt_eva.adapters import adapter_layers, merge_adapters
-            from dt_eva.adapters.inject import _set_submodule
-
-            merge_adapters(model)
-            for name, layer in adapter_layers(model).items():
-                _set_submodule(model, name, layer.base_layer)
-        elif self.spec.kind == "adalora":
-            _fold_adalora(model)
-        return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def _is_adalora_key(key: str) -> bool:
-    return "lora_" in key or "ranknum" in key
-
-
-def _fold_adalora(model: nn.Module) -> None:
-    """Merge every PEFT AdaLoRA layer of `model` into its base layer and put the base layer back."""
-    from dt_eva.adapters.inject import _set_submodule
-
-    for name, module in list(model.named_modules()):
-        if hasattr(module, "lora_E") and hasattr(module, "base_layer") and hasattr(module, "merge"):
-            module.merge()
-            _set_submodule(model, name, module.get_base_layer())
-
-
-def adalora_ranks(cfg: FinetuneConfig) -> tuple[int, int]:
-    """(init_r, target_r) of AdaLoRA for this config."""
-    init_r = cfg.adalora.init_rank or math.ceil(1.5 * cfg.rank)
-    return max(init_r, cfg.rank), cfg.rank
-
-
 def _rank_to_check(cfg: FinetuneConfig, spec: MethodSpec) -> tuple[int, str]:
     """The largest rank the method will ask of any single target layer, and how to name it."""
     if spec.eva:
         from dt_eva.eva import EvaConfig
 
-        return EvaConfig(rank=cfg.rank, rho=float(cfg.rho)).num_components, f"EVA's round(rho * rank) = round({cfg.rho:g} * {cfg.rank})"
+        return EvaConfig(rank=cfg.rank, rho=float(cfg.rho)).num_components, f"EVA's components per layer round(rho * rank) = round({cfg.rho:g} * {cfg.rank})"
     if spec.kind == "adalora":
         return adalora_ranks(cfg)[0], "AdaLoRA's initial rank"
     return cfg.rank, "rank"
-
-
-def build_method_model(
-    cfg: FinetuneConfig,
-    spec: MethodSpec,
-    base: PretrainedBase,
-    eva_result: Any = None,
-    total_steps: int | None = None,
-) -> MethodModel:
-    """The pre-trained DT with the method applied (adapters injected, base frozen; FFT: all trainable)."""
-    from dt_eva.models import DT_ADAPTER_TARGETS
-
-    model = base.build(cfg.dropout)
-    if spec.kind == "full":
-        model.requires_grad_(True)
-        return MethodModel(model, spec, {})
-    if spec.kind == "adapter":
-        from dt_eva.adapters import inject_adapters
-
-        kwargs: dict[str, Any] = dict(
-            method=spec.adapter, alpha=cfg.alpha, init=spec.init, dropout=cfg.adapter_dropout
-        )
-        if spec.eva:
-            if eva_result is None:
-                raise ValueError(f"method {spec.name!r} needs an EVA result")
-            kwargs.update(eva=eva_result, adjust_alpha=cfg.eva.adjust_alpha)
-        else:
-            kwargs.update(rank=cfg.rank)
-        wrapped = inject_adapters(model, list(DT_ADAPTER_TARGETS), **kwargs)
-        return MethodModel(model, spec, wrapped)
-    from dt_eva.adapters.adalora import apply_adalora
-
-    steps = int(total_steps or cfg.train.steps)
-    init_r, target_r = adalora_ranks(cfg)
-    ada = apply_adalora(
-        model,
-        list(DT_ADAPTER_TARGETS),
-        init_r=init_r,
-        target_r=target_r,
-        total_steps=steps,
-        tinit=int(cfg.adalora.tinit * steps),
-        tfinal=int(cfg.adalora.tfinal * steps),
-        delta_t=cfg.adalora.delta_t,
-        alpha=cfg.alpha,
-        dropout=cfg.adapter_dropout,
-        orth_reg_weight=cfg.adalora.orth_reg_weight,
-    )
-    return MethodModel(model, spec, {name: init_r for name in ada.target_names}, adalora=ada)
 
 
 # --- EVA artefacts -----------------------------------------------------------------------------------
@@ -663,14 +543,18 @@ def prepare_finetune(cfg: FinetuneConfig, resume: bool = False, force: bool = Fa
     )
     eval_results: dict[int, dict] = {}
     eval_fn = None
-    if cfg.train.eval_every > 0 and cfg.train.eval_episodes > 0 and dist.is_main:
+    train_cfg = cfg.train
+    if train_cfg.eval_episodes > 0 and train_cfg.eval_every == 0:
+        # evaluate once, at the last step, through the loop: metrics.jsonl and TensorBoard get it too
+        train_cfg = dataclasses.replace(train_cfg, eval_every=train_cfg.steps)
+    if train_cfg.eval_every > 0 and train_cfg.eval_episodes > 0 and dist.is_main:
         eval_fn = _make_eval_fn(cfg, task, dataset, dist.device, eval_results)
     loss_fn, after_step, extra_state, load_extra = _method_hooks(method_model, base)
     trainer = Trainer(
         method_model.model,
         sampler,
         cfg.optim,
-        cfg.train,
+        train_cfg,
         run_dir,
         dist=dist,
         loss_fn=loss_fn,
@@ -703,13 +587,13 @@ def _method_hooks(mm: MethodModel, base: PretrainedBase) -> tuple[Any, Any, Any,
     def extra_state() -> dict[str, Any]:
         state: dict[str, Any] = {"base": base.identity(), "method": mm.spec.name}
         if mm.adalora is not None:
-            state["adalora"] = _adalora_allocator_state(mm.adalora)
+            state["adalora"] = adalora_allocator_state(mm.adalora)
         return state
 
     def load_extra(state: dict[str, Any]) -> None:
         _check_same_base(state.get("base", {}), base, "the checkpoint")
         if mm.adalora is not None and "adalora" in state:
-            _load_adalora_allocator_state(mm.adalora, state["adalora"])
+            load_adalora_allocator_state(mm.adalora, state["adalora"])
 
     if mm.adalora is None:
         return None, None, extra_state, load_extra
@@ -722,25 +606,6 @@ def _method_hooks(mm: MethodModel, base: PretrainedBase) -> tuple[Any, Any, Any,
         return model.loss(batch) + (reg - reg.detach())
 
     return loss_fn, ada.step, extra_state, load_extra
-
-
-def _adalora_allocator_state(ada: Any) -> dict[str, Any]:
-    alloc = ada.tuner.rankallocator
-    copy = lambda d: {k: v.detach().cpu().clone() for k, v in d.items()}  # noqa: E731
-    return {
-        "ipt": copy(alloc.ipt),
-        "exp_avg_ipt": copy(alloc.exp_avg_ipt),
-        "exp_avg_unc": copy(alloc.exp_avg_unc),
-        "rank_pattern": ada.config.rank_pattern,
-    }
-
-
-def _load_adalora_allocator_state(ada: Any, state: dict[str, Any]) -> None:
-    alloc = ada.tuner.rankallocator
-    device = next(ada.model.parameters()).device
-    for key in ("ipt", "exp_avg_ipt", "exp_avg_unc"):
-        setattr(alloc, key, {k: v.to(device) for k, v in state[key].items()})
-    ada.config.rank_pattern = state.get("rank_pattern")
 
 
 def _make_eval_fn(cfg: FinetuneConfig, task: str, dataset: Any, device: torch.device,
