@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,8 +50,8 @@ class DemoSettings:
     finetune_episodes: int = 48
     noise_levels: tuple[float, ...] = (0.0, 0.3, 0.6)
     random_prefixes: tuple[int, ...] = (0, 40)  # leading random steps: spreads returns for conditioning
-    pretrain_steps: int = 2500
-    finetune_steps: int = 800
+    pretrain_steps: int = 2000
+    finetune_steps: int = 600
     batch_size: int = 32
     rank: int = 8
     rho: float = 2.0
@@ -117,9 +118,15 @@ class DemoPaths:
 @dataclass
 class StageRecord:
     name: str
-    status: str  # "done" | "skipped" | "resumed"
-    seconds: float
+    status: str  # "done", "resumed from checkpoint" or "skipped (...)"
+    seconds: float  # wall clock
+    cpu_seconds: float  # CPU time of this process and its finished children (all threads)
     path: str
+
+
+def _cpu_seconds() -> float:
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 @dataclass
@@ -129,11 +136,11 @@ class _Stages:
 
     def run(self, name: str, path: Path, work: Callable[[], str]) -> None:
         self.log(f"\n=== [{len(self.records) + 1}] {name} -> {path} ===")
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), _cpu_seconds()
         status = work()
-        seconds = time.perf_counter() - start
-        self.records.append(StageRecord(name, status, seconds, str(path)))
-        self.log(f"=== {name}: {status} in {seconds:.1f} s ===")
+        seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
+        self.records.append(StageRecord(name, status, seconds, cpu, str(path)))
+        self.log(f"=== {name}: {status} in {seconds:.1f} s (CPU {cpu:.1f} s) ===")
 
 
 def _short(task: str) -> str:
@@ -358,7 +365,7 @@ def format_summary(result: dict[str, Any]) -> str:
              result["table"], "Stages:"]
     width = max(len(s.name) for s in result["stages"])
     for s in result["stages"]:
-        lines.append(f"  {s.name:<{width}}  {s.seconds:7.1f} s  {s.status}")
+        lines.append(f"  {s.name:<{width}}  {s.seconds:7.1f} s  (CPU {s.cpu_seconds:7.1f} s)  {s.status}")
     report_dir = result["report"]["out_dir"]
     lines += [
         "", "Artifacts:",

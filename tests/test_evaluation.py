@@ -195,7 +195,8 @@ def test_evaluate_policy_result_structure_and_determinism():
     json.dumps(result)  # eval.json material
     assert model.training
 
-    again = evaluate_policy(model, "reach,window-close", num_envs=2, **kwargs)
+    # other chunking (2 envs), envs stepped in worker processes: same episodes
+    again = evaluate_policy(model, "reach,window-close", num_envs=2, asynchronous=True, **kwargs)
     for task in result["tasks"]:
         np.testing.assert_allclose(again["tasks"][task]["return_per_episode"],
                                    result["tasks"][task]["return_per_episode"], rtol=1e-4)
