@@ -30,7 +30,9 @@ def keep_multiplier(shape: torch.Size | tuple[int, ...], p: float, device: torch
     for size in shape:
         numel *= size
     words = torch.empty(-(-numel // _WORD_LANES), dtype=torch.int64, device=device)
-    words.random_(-(1 << 63), (1 << 63) - 1)  # full 64-bit range: every int16 lane uniform
+    # from=int64 min, to=None: torch's full 64-bit-range kernel (raw draws, no modulo), so
+    # every int16 lane is uniform
+    words.random_(-(1 << 63), None)
     lanes = words.view(torch.int16)[:numel]
     threshold = round(p * _INT16_RANGE) - (_INT16_RANGE // 2)  # P(lane < threshold) = p
     scale = 1.0 / (1.0 - quantized_drop_probability(p))
