@@ -134,6 +134,9 @@ def test_predict_last_action_ignores_placeholders_and_crops_history(layout: str)
     for a in (args[1], args[4]):
         a[:, -1] = torch.randn_like(a[:, -1]) * 5
     torch.testing.assert_close(model.predict_last_action(*args), pred, rtol=0, atol=1e-6)
+    for short in (1, 3):  # the start of an episode: fewer steps than the context
+        head = [a[:, :short] for a in args]
+        torch.testing.assert_close(model.predict_last_action(*head), model(*head)[:, -1], rtol=1e-5, atol=1e-6)
 
 
 # --- layouts, tokens and module names ----------------------------------------------------------

@@ -106,6 +106,12 @@ class CausalSelfAttention(nn.Module):
             self._mask_cache[key] = future_mask(t_query, t_key, offset, stride, device)
         return self._mask_cache[key]
 
+    def _allowed_mask(self, t_query: int, t_key: int, offset: int, stride: int, device: torch.device) -> torch.Tensor:
+        key = ("allowed", t_query, t_key, offset, stride, device)
+        if key not in self._mask_cache:
+            self._mask_cache[key] = ~self._future_mask(t_query, t_key, offset, stride, device)
+        return self._mask_cache[key]
+
     def _additive_future_mask(self, t_query: int, t_key: int, offset: int, stride: int,
                               dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         key = ("additive", t_query, t_key, offset, stride, dtype, device)
@@ -153,6 +159,6 @@ class CausalSelfAttention(nn.Module):
         elif query_tokens is None:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
         else:  # strided queries: is_causal would align query i with key i, so pass the mask
-            allowed = ~self._future_mask(t_q, t, offset, stride, q.device)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=self._allowed_mask(t_q, t, offset, stride, q.device),
+                                               dropout_p=dropout_p)
         return self.resid_dropout(self.proj(y.transpose(1, 2).reshape(b, t_q, c)))

@@ -188,21 +188,34 @@ class DecisionTransformer(nn.Module):
         `K <= context_len`. `rewards` is required for layouts with reward tokens.
         """
         returns_to_go, rewards = self._check_inputs(states, actions, returns_to_go, timesteps, rewards)
+        # Only the action-predicting token of each step reaches the loss, so a training forward
+        # computes the last block's attention output and MLP for those tokens alone (keys and
+        # values still cover every token). Forwards without gradients or in eval mode (EVA's
+        # activation capture) take the full path, so hooks there see every token, as token_mask().
+        prune = self.training and torch.is_grad_enabled()
+        return self._predict(states, actions, returns_to_go, timesteps, rewards, "actions" if prune else "all")
+
+    def _predict(
+        self,
+        states: torch.Tensor,
+        actions: torch.Tensor,
+        returns_to_go: torch.Tensor,
+        timesteps: torch.Tensor,
+        rewards: torch.Tensor | None,
+        last_block: str,
+    ) -> torch.Tensor:
+        """Action predictions from validated inputs. `last_block` says which tokens the last block
+        computes: "all", "actions" (the predicting token of every step) or "last" (of the last step)."""
         b, k = states.shape[:2]
-        x = self.embed(states, actions, returns_to_go, timesteps, rewards)
         per_step = len(self._layout)
-        if self.training and torch.is_grad_enabled():
-            # Only the action-predicting token of each step reaches the loss, so the last block
-            # computes its attention output and MLP for those tokens alone (keys and values still
-            # cover every token). Forwards without gradients (rollouts, EVA's activation capture)
-            # take the full path, so hooks there see every token, aligned with token_mask().
-            for block in self.blocks[:-1]:
-                x = block(x)
-            x = self.blocks[-1](x, query_tokens=(self._action_index, per_step))
+        x = self.embed(states, actions, returns_to_go, timesteps, rewards)
+        for block in self.blocks[:-1]:
+            x = block(x)
+        if last_block == "all":
+            x = self.blocks[-1](x).view(b, k, per_step, -1)[:, :, self._action_index]
         else:
-            for block in self.blocks:
-                x = block(x)
-            x = x.view(b, k, per_step, -1)[:, :, self._action_index]
+            first = self._action_index if last_block == "actions" else (k - 1) * per_step + self._action_index
+            x = self.blocks[-1](x, query_tokens=(first, per_step))
         preds = self.action_head(self.ln_f(x))
         return torch.tanh(preds) if self.cfg.action_tanh else preds
 
@@ -242,6 +255,7 @@ class DecisionTransformer(nn.Module):
         The last step's action and reward entries are placeholders (e.g. zeros): the layout and the
         causal mask keep them out of the prediction. Histories longer than `context_len` are cut
         to their last `context_len` steps. Runs without gradients; call `model.eval()` first.
+        The last block computes only the one token whose output is needed.
         """
         k = self.cfg.context_len
         if states.dim() == 3 and states.shape[1] > k:
@@ -249,7 +263,8 @@ class DecisionTransformer(nn.Module):
                 states[:, -k:], actions[:, -k:], returns_to_go[:, -k:], timesteps[:, -k:]
             )
             rewards = rewards[:, -k:] if rewards is not None else None
-        return self(states, actions, returns_to_go, timesteps, rewards)[:, -1]
+        returns_to_go, rewards = self._check_inputs(states, actions, returns_to_go, timesteps, rewards)
+        return self._predict(states, actions, returns_to_go, timesteps, rewards, "last")[:, -1]
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         """Number of (trainable) parameters."""
