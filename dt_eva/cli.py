@@ -7,9 +7,16 @@ dependency of one command does not break the others.
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import sys
+import os
+
+# Must be set before torch loads OpenMP. With the default (ACTIVE) wait policy, idle OpenMP threads
+# spin; on a small or shared CPU this made training and rollouts 10-15x slower (measured in
+# docs/benchmarks.md). PASSIVE costs nothing measurable on an idle machine. A user's setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import importlib  # noqa: E402
+import sys  # noqa: E402
 
 COMMANDS = {
     "collect": "Generate a Meta-World dataset with scripted expert policies plus action noise.",
