@@ -8,20 +8,9 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 from dt_eva.cli import main
 from dt_eva.demo import DemoSettings, run_demo
-
-
-@pytest.fixture()
-def one_thread():
-    # The test machine's CPU is shared: two OpenMP threads spinning against other processes run
-    # a tiny model many times slower than one thread, so the test pins torch to one.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _artifacts(workdir: Path, task: str) -> list[Path]:
@@ -45,7 +34,7 @@ def _artifacts(workdir: Path, task: str) -> list[Path]:
 
 
 @pytest.mark.slow
-def test_fast_demo_runs_end_to_end_then_reuses_and_resumes(tmp_path: Path, one_thread, capsys):
+def test_fast_demo_runs_end_to_end_then_reuses_and_resumes(tmp_path: Path, capsys):
     workdir = tmp_path / "demo"
     log: list[str] = []
     result = run_demo(workdir, fast=True, progress=False, log=log.append)

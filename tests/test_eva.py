@@ -15,14 +15,6 @@ from dt_eva.eva import EvaConfig, EvaResult, compute_eva, match_modules
 from dt_eva.eva.isvd import IncrementalSVD
 from dt_eva.eva.redistribute import redistribute_ranks
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices: threads only add synchronisation cost (a lot of it on a busy shared CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # ---------------------------------------------------------------------------------------------
 # small models and data

@@ -20,15 +20,6 @@ from dt_eva.eva.peft_interop import to_peft_eva_state_dict  # noqa: E402
 TARGETS = ["c_attn", "c_proj", "c_fc"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices: threads only add synchronisation cost (a lot of it on a busy shared CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_gpt2():
     torch.manual_seed(0)
     cfg = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64, n_positions=16,

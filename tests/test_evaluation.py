@@ -33,15 +33,6 @@ CONTRACT_TASK_KEYS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    # the suite shares 2 cores with the simulator; spinning intra-op threads only slow it down
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_dt(token_layout: str = "s,R,a,r", context_len: int = 8, dtype=torch.float64) -> DecisionTransformer:
     """A tiny DT with random weights whose actions react visibly to states, RTG and rewards."""
     torch.manual_seed(0)

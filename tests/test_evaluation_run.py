@@ -13,14 +13,6 @@ from dt_eva.evaluation import evaluate_run
 from dt_eva.models import DecisionTransformer, DTConfig
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("data") / "reach"

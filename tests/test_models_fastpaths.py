@@ -14,16 +14,6 @@ from dt_eva.models.dropout import FastDropout, fast_dropout, keep_multiplier, qu
 LAYOUTS = ("s,R,a,r", "R,s,a")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tests use tiny tensors that gain nothing from a second thread, and on a busy shared
-    CPU a second OpenMP thread that waits for a descheduled sibling slows them down many times."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small_config(**overrides) -> DTConfig:
     base = dict(state_dim=7, act_dim=3, hidden_size=32, n_layer=2, n_head=4, context_len=6, max_ep_len=40, dropout=0.0)
     return DTConfig(**{**base, **overrides})

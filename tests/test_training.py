@@ -23,10 +23,8 @@ from dt_eva.config import load_config
 from dt_eva.models import DecisionTransformer, DTConfig
 from dt_eva.training import (
     NonFiniteLossError,
-    OptimConfig,
     PretrainConfig,
     Trainer,
-    TrainConfig,
     build_scheduler,
     prepare_pretrain,
     run_pretrain,
@@ -40,15 +38,6 @@ REPO = Path(__file__).resolve().parents[1]
 # Subprocesses: one thread each, so two runs on a busy 2-core machine compute identically and fast.
 SUB_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 TINY_MODEL = ["model.hidden_size=32", "model.n_layer=1", "model.n_head=2", "model.context_len=5", "model.dropout=0.1"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Tiny models gain nothing from intra-op threads, and on a busy machine they lose a lot to spinning.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="session")
