@@ -94,11 +94,11 @@ class DTConfig:
     def tiny(cls, **overrides: Any) -> "DTConfig":
         """A CPU-sized model (~0.63M params): hidden 128, 3 layers, 4 heads, context 20, dropout 0.1.
 
-        Why these numbers: 80-token sequences keep a forward+backward at batch 64 in the tens of
-        milliseconds on 2 cores, so tens of thousands of updates fit in half an hour; hidden 128 with
-        32-d heads still has room for 40 tasks' behaviours; context 20 is enough to infer the task
-        from a few transitions (Meta-World MT observations hide the goal); dropout 0.1 because a
-        small model on a small dataset underfits more than it overfits.
+        Why these numbers: one forward+backward at batch 64 is ~18 GFLOP (80-token windows), a few
+        tenths of a second on 2 idle cores, so thousands of updates fit in half an hour; hidden 128
+        with 32-d heads still has room for 40 tasks' behaviours; a context of a few steps lets the
+        model tell tasks apart from the object motion (the goal position is in obs[36:39]);
+        dropout 0.1 because a small model on a small dataset underfits more than it overfits.
         """
         return cls(**{**dict(hidden_size=128, n_layer=3, n_head=4, context_len=20, dropout=0.1), **overrides})
 
