@@ -12,7 +12,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
-from dt_eva.reporting.rundirs import RunRecord, read_metrics
+from dt_eva.reporting.rundirs import RunRecord
+from dt_eva.utils.io import read_metrics
 from dt_eva.utils.io import atomic_path
 
 

@@ -158,20 +158,3 @@ def load_run(path: str | os.PathLike) -> RunRecord:
         eva_result_path=eva_result if eva_result.is_file() else None,
         problems=problems,
     )
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The lines of a metrics.jsonl; a torn last line (a run killed mid-write) is ignored."""
-    rows = []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict) and "step" in row:
-                rows.append(row)
-    return rows

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
-from dt_eva.utils.io import atomic_write_text
+from dt_eva.utils.io import atomic_write_text, read_metrics  # noqa: F401  (re-exported)
 
 
 class MetricsLogger:
@@ -56,22 +56,6 @@ def _json_number(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
         return str(v)  # JSON has no NaN / inf; keep the line parseable by strict readers
     return v
-
-
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """Every complete JSON line of a metrics file (a torn last line from a killed run is skipped)."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and "step" in record:
-            out.append(record)
-    return out
 
 
 def truncate_metrics(path: str | Path, keep_until_step: int) -> None:

@@ -91,6 +91,23 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     atomic_save(path, lambda tmp: torch.save(obj, tmp))
 
 
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a run's `metrics.jsonl` (objects with a "step"); a torn last line from a killed
+    run is skipped, and a missing file gives an empty list."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and "step" in record:
+            out.append(record)
+    return out
+
+
 def _json_default(o: Any) -> Any:
     # numpy / torch scalars and arrays, Paths
     if hasattr(o, "tolist"):
