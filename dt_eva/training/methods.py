@@ -19,65 +19,11 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
+from dt_eva.methods.registry import METHODS, MethodSpec, resolve_method  # noqa: F401  (re-exported)
+
 # Offset added to the run seed for the EVA sampler; any constant works as long as it differs from
 # the training sampler's seed, so the two streams are independent.
 EVA_SEED_OFFSET = 7919
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    """One fine-tuning method.
-
-    kind:     "full" (every parameter trains), "adapter" (our LoRA/DoRA layers, base frozen) or
-              "adalora" (PEFT's AdaLoRA, adaptive ranks during training).
-    adapter:  "lora" | "dora" for kind "adapter".
-    init:     the adapter initialiser of `dt_eva.adapters.inject_adapters`.
-    eva:      EVA runs before injection (its ranks and/or components are used).
-    whiten:   EVA's components are whitened (the EVA-whiten ablation).
-    """
-
-    name: str
-    kind: str
-    description: str
-    adapter: str | None = None
-    init: str | None = None
-    eva: bool = False
-    whiten: bool = False
-
-    @property
-    def uses_adapters(self) -> bool:
-        return self.kind in ("adapter", "adalora")
-
-
-METHODS: dict[str, MethodSpec] = {
-    spec.name: spec
-    for spec in (
-        MethodSpec("fft", "full", "full fine-tuning of every parameter"),
-        MethodSpec("lora", "adapter", "LoRA: random A, B = 0, uniform rank", "lora", "random"),
-        MethodSpec("dora", "adapter", "DoRA: weight-decomposed LoRA, random init", "dora", "random"),
-        MethodSpec("eva", "adapter", "EVA: A from activation SVD, redistributed ranks", "lora", "eva", eva=True),
-        MethodSpec("eva_dora", "adapter", "EVA init with DoRA layers", "dora", "eva", eva=True),
-        MethodSpec("pissa", "adapter", "PiSSA: A, B from the top singular vectors of W", "lora", "pissa"),
-        MethodSpec("olora", "adapter", "OLoRA: A, B from a QR decomposition of W", "lora", "olora"),
-        MethodSpec("adalora", "adalora", "AdaLoRA through PEFT: ranks pruned during training"),
-        MethodSpec(
-            "lora_redist", "adapter", "ablation: EVA's ranks with random A", "lora", "lora_redist", eva=True
-        ),
-        MethodSpec(
-            "eva_whiten", "adapter", "ablation: EVA with whitened components", "lora", "eva_whiten",
-            eva=True, whiten=True,
-        ),
-    )
-}
-
-
-def resolve_method(name: str) -> MethodSpec:
-    """The `MethodSpec` of `name`; an unknown name is a `ValueError` listing the valid ones."""
-    key = str(name).strip().lower().replace("-", "_").replace("+", "_")
-    if key not in METHODS:
-        valid = ", ".join(METHODS)
-        raise ValueError(f"unknown fine-tuning method {name!r}; valid methods are: {valid}")
-    return METHODS[key]
 
 
 def check_rank_fits(model: nn.Module, target_modules: Sequence[str], rank: int, what: str = "rank") -> None:
