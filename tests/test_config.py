@@ -65,8 +65,8 @@ def test_later_overrides_win_and_null_for_optional():
         ("nope=1", ["nope", "name", "inner", "items"]),
         ("inner.width=abc", ["inner.width", "int", "abc"]),
         ("inner.width=2.5", ["inner.width", "int", "2.5"]),
-        ("flag=1", ["flag", "bool", "1"]),
-        ("pair=[1]", ["pair", "2 values"]),
+        ("flag=maybe", ["flag", "bool", "maybe"]),  # OmegaConf reads 1/0, yes/no, on/off as bools
+        ("pair=[1]", ["pair", "tuple[float, float]", "[1]"]),
         ("mode=c", ["mode", "'a'", "'b'", "'c'"]),
         ("name.sub=1", ["name.sub", "not a section"]),
         ("just-a-word", ["key=value"]),
