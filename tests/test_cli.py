@@ -12,7 +12,7 @@ import pytest
 
 from dt_eva.cli import COMMANDS, UserError, build_parser, main, parse_args
 from dt_eva.config import load_config
-from dt_eva.training import PretrainConfig
+from dt_eva.runs.configs import PretrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs/pretrain/tiny.yaml")
@@ -35,9 +35,9 @@ def test_overrides_before_a_flag_reach_the_config(capsys):
     assert main(["pretrain", "train.stepz=5", "--config", TINY, "train.steps=2"]) == 1
     err = capsys.readouterr().err
     assert "dt-eva pretrain: error: unknown config key 'train.stepz'" in err and "'steps'" in err
-    args = parse_args(["pretrain", "name=exp #2", "--config", TINY, "data.tasks=hammer,push"])
+    args = parse_args(["pretrain", "run_dir=exp #2", "--config", TINY, "data.tasks=hammer,push"])
     cfg = load_config(PretrainConfig, args.config, args.overrides)
-    assert (cfg.name, cfg.data.tasks) == ("exp #2", "hammer,push")  # '#' is not a comment
+    assert (cfg.run_dir, cfg.data.tasks) == ("exp #2", "hammer,push")  # '#' is not a comment
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,8 @@ import yaml
 
 from dt_eva.config import config_diff, config_to_dict, load_config, parse_override, save_config
 from dt_eva.models import DTConfig
-from dt_eva.training import OptimConfig, PretrainConfig
+from dt_eva.runs.configs import PretrainConfig
+from dt_eva.training import OptimConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -205,10 +206,20 @@ def test_data_tasks_keeps_every_old_spelling(tmp_path, spelling, value, tasks):
 
 
 def test_comma_lists_fill_list_fields():
-    from dt_eva.training.finetune import FinetuneConfig
+    from dt_eva.runs.configs import FinetuneConfig
 
-    cfg = load_config(FinetuneConfig, None, ["eva.token_types=state,rtg", "train.eval_tasks=reach, push"])
-    assert (cfg.eva.token_types, cfg.train.eval_tasks) == (["state", "rtg"], ["reach", "push"])
+    cfg = load_config(FinetuneConfig, None, ["eva.token_types=state,rtg"])
+    pre = load_config(PretrainConfig, None, ["train.eval_tasks=reach, push"])
+    assert (cfg.eva.token_types, pre.train.eval_tasks) == (["state", "rtg"], ["reach", "push"])
+
+
+def test_finetune_refuses_keys_it_would_ignore():
+    from dt_eva.runs.configs import FinetuneConfig
+
+    with pytest.raises(ValueError, match=r"train.eval_tasks.*no effect in fine-tuning"):
+        load_config(FinetuneConfig, None, ["train.eval_tasks=reach"])
+    with pytest.raises(ValueError, match=r"data.tasks.*no effect in fine-tuning"):
+        load_config(FinetuneConfig, None, ["data.tasks=mt40"])
 
 
 def _shipped_configs() -> list[Path]:
@@ -217,7 +228,7 @@ def _shipped_configs() -> list[Path]:
 
 @pytest.mark.parametrize("path", _shipped_configs(), ids=lambda p: str(p.relative_to(REPO)))
 def test_every_shipped_and_legacy_config_loads(path, tmp_path):
-    from dt_eva.training.finetune import FinetuneConfig
+    from dt_eva.runs.configs import FinetuneConfig
 
     is_finetune = "finetune" in path.parts or path.parent.name.startswith("ft-")
     cls = FinetuneConfig if is_finetune else PretrainConfig
