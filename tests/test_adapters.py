@@ -330,6 +330,7 @@ def test_lora_redist_takes_eva_ranks_with_random_a():
     plain = make_toy()
     torch.manual_seed(5)
     inject_adapters(plain, TARGETS, ranks=dict(eva.ranks), init="random")
+    assert sorted(adapter_layers(plain)) == sorted(TARGETS)
     for name, layer in adapter_layers(plain).items():
         assert torch.equal(adapter_layers(model)[name].lora_A, layer.lora_A), name
         assert torch.count_nonzero(adapter_layers(model)[name].lora_B) == 0
