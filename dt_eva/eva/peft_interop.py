@@ -78,7 +78,8 @@ def _in_features(module: nn.Module) -> int:
 
 def _peft_whitened(name: str, components: Tensor, singular_values: Tensor) -> Tensor:
     """PEFT's whitening (`peft.tuners.lora.eva`, `EvaConfig(whiten=True)`): row j divided by
-    `sqrt(sigma_j)`, sigma_j the j-th singular value of the layer's centred activation matrix."""
+    `sqrt(sigma_j)`, sigma_j the j-th singular value of the layer's activation matrix (centred, as
+    PEFT's is, unless `EvaConfig.center=False`)."""
     sv = singular_values[: components.shape[0]].to(torch.float32)
     if sv.numel() < components.shape[0] or not torch.all(sv > 0):
         raise ValueError(
