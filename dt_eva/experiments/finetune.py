@@ -168,7 +168,7 @@ def _eva_for_run(cfg: FinetuneConfig, v: Validated, paths: RunPaths, dist: DistC
     if reuse and (paths.eva / "result.json").is_file():
         return load_eva_result(paths.eva)
     dtype = resolve_precision(cfg.train.precision, dist.device)
-    return run_eva(cfg, v.spec, v.base, v.dataset, v.task, dist.device, data_seed=rank_seed(cfg.seed, dist.rank),
+    return run_eva(cfg, v.base, v.dataset, v.task, dist.device, data_seed=rank_seed(cfg.seed, dist.rank),
                    autocast_dtype=dtype)
 
 
