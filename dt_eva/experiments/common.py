@@ -8,7 +8,13 @@ from typing import Any, Callable, Mapping, TypeVar
 import torch
 
 from dt_eva.config import load_config, save_config
-from dt_eva.runs.guard import OpenRun, check_resume_compatible, open_run_dir, plan_run_dir
+from dt_eva.evaluation import evaluate_policy
+from dt_eva.runs.guard import (
+    OpenRun,
+    check_resume_compatible,
+    open_run_dir,
+    plan_run_dir,
+)
 from dt_eva.runs.layout import RunPaths
 from dt_eva.training.distributed import DistContext, broadcast_object
 
@@ -90,7 +96,6 @@ def make_eval_fn(tasks: list[str], targets: dict[str, float], data: Any, episode
     each full result in `results[step]` and returns the flat scalars for the metrics."""
 
     def eval_fn(model: torch.nn.Module, step: int) -> dict[str, float]:
-        from dt_eva.evaluation import evaluate_policy
 
         result = evaluate_policy(
             model, tasks, episodes=episodes, seed=seed, target_returns=targets, rtg_scale=data.rtg_scale,

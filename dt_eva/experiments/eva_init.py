@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from dt_eva.eva import EvaResult
 from dt_eva.methods.eva_dt import compute_dt_eva, eva_summary
 from dt_eva.runs.base import PretrainedBase
 from dt_eva.runs.configs import FinetuneConfig
@@ -31,7 +32,7 @@ def run_eva(cfg: FinetuneConfig, base: PretrainedBase, dataset: Any, task: str,
 def save_eva_artifacts(result: Any, eva_dir: Path, extra: dict[str, Any] | None = None) -> Path:
     """Write `eva_dir/` in one atomic step: `result.safetensors` + `result.json` (the `EvaResult`),
     `eva.json` (ranks per layer and module, explained variance, init seconds) and `ranks.png`."""
-    from dt_eva.reporting.rank_heatmap import plot_rank_heatmap
+    from dt_eva.reporting.rank_heatmap import plot_rank_heatmap  # lazy: matplotlib loads in ~1 s
 
     summary = {**eva_summary(result), **(extra or {})}
     with atomic_dir(eva_dir) as tmp:
@@ -44,6 +45,5 @@ def save_eva_artifacts(result: Any, eva_dir: Path, extra: dict[str, Any] | None 
 
 
 def load_eva_result(eva_dir: Path) -> Any:
-    from dt_eva.eva import EvaResult
 
     return EvaResult.load(eva_dir)

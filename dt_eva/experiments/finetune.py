@@ -22,11 +22,28 @@ from typing import Any
 
 import torch
 
+from dt_eva.adapters import save_adapters
 from dt_eva.config import config_to_dict
-from dt_eva.experiments.common import claim_run, local_batch_size, make_eval_fn, on_main, plan_run
+from dt_eva.data import WindowSampler
+from dt_eva.envs import resolve_task
+from dt_eva.eva import EvaConfig
+from dt_eva.evaluation.offline import heldout_batches, heldout_loss
+from dt_eva.experiments.common import (
+    claim_run,
+    local_batch_size,
+    make_eval_fn,
+    on_main,
+    plan_run,
+)
 from dt_eva.experiments.eva_init import load_eva_result, run_eva, save_eva_artifacts
-from dt_eva.methods.model import MethodModel, adalora_ranks, build_method_model, check_rank_fits
+from dt_eva.methods.model import (
+    MethodModel,
+    adalora_ranks,
+    build_method_model,
+    check_rank_fits,
+)
 from dt_eva.methods.registry import MethodSpec, resolve_method
+from dt_eva.models import DT_ADAPTER_TARGETS
 from dt_eva.runs.base import PretrainedBase, load_pretrained_base
 from dt_eva.runs.configs import FinetuneConfig
 from dt_eva.runs.evals import write_eval_record
@@ -35,7 +52,13 @@ from dt_eva.runs.layout import RunPaths
 from dt_eva.runs.policy import load_task_dataset, target_returns
 from dt_eva.training import Trainer, TrainResult
 from dt_eva.training.checkpoint import seed_everything
-from dt_eva.training.distributed import DistContext, barrier, init_distributed, rank_seed, shutdown_distributed
+from dt_eva.training.distributed import (
+    DistContext,
+    barrier,
+    init_distributed,
+    rank_seed,
+    shutdown_distributed,
+)
 from dt_eva.training.precision import resolve_precision
 from dt_eva.utils.io import atomic_torch_save, atomic_write_json
 
@@ -90,9 +113,6 @@ class Validated:
 
 def validate(cfg: FinetuneConfig) -> Validated:
     """Every check that needs no run directory: method, task, base, dataset, scales, ranks, AdaLoRA budget."""
-    from dt_eva.envs import resolve_task
-    from dt_eva.models import DT_ADAPTER_TARGETS
-
     spec = resolve_method(cfg.method)
     task = resolve_task(cfg.task)
     base = load_pretrained_base(cfg.checkpoint)
@@ -128,7 +148,6 @@ def validate(cfg: FinetuneConfig) -> Validated:
 def _largest_rank(cfg: FinetuneConfig, spec: MethodSpec) -> tuple[int, str]:
     """The largest rank the method will ask of any single target layer, and how to name it."""
     if spec.eva:
-        from dt_eva.eva import EvaConfig
 
         return (EvaConfig(rank=cfg.rank, rho=float(cfg.rho)).num_components,
                 f"EVA's components per layer round(rho * rank) = round({cfg.rho:g} * {cfg.rank})")
@@ -176,7 +195,6 @@ def _eva_for_run(cfg: FinetuneConfig, v: Validated, paths: RunPaths, dist: DistC
 
 def _build_trainer(cfg: FinetuneConfig, v: Validated, mm: MethodModel, paths: RunPaths, dist: DistContext,
                    batch: int) -> tuple[Trainer, dict[int, dict]]:
-    from dt_eva.data import WindowSampler
 
     seed_everything(rank_seed(cfg.seed, dist.rank))
     model_cfg = v.base.model_cfg
@@ -204,7 +222,6 @@ def _eval_callback(cfg: FinetuneConfig, v: Validated, dist: DistContext, results
         parts.append(make_eval_fn([v.task], target_returns(v.dataset, [v.task]), cfg.data, cfg.train.eval_episodes,
                                   cfg.seed, dist.device, results))
     if v.heldout is not None:
-        from dt_eva.evaluation.offline import heldout_batches, heldout_loss
 
         batches = heldout_batches(v.heldout, v.task, v.base.model_cfg.context_len, cfg.data.rtg_scale,
                                   cfg.data.reward_scale)
@@ -224,7 +241,6 @@ def finish_finetune(setup: FinetuneSetup, result: TrainResult) -> dict:
     if trainer.dist.is_main:
         if not finished_before:
             if mm.spec.kind == "adapter":
-                from dt_eva.adapters import save_adapters
 
                 save_adapters(mm.model, paths.adapters)
         if cfg.export_merged and not paths.merged_model.is_file():

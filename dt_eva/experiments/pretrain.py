@@ -14,7 +14,15 @@ from typing import Any
 
 import torch
 
-from dt_eva.experiments.common import claim_run, local_batch_size, make_eval_fn, plan_run
+from dt_eva.data import WindowSampler, load_dataset
+from dt_eva.envs import resolve_tasks
+from dt_eva.experiments.common import (
+    claim_run,
+    local_batch_size,
+    make_eval_fn,
+    plan_run,
+)
+from dt_eva.models import DecisionTransformer
 from dt_eva.runs.configs import PretrainConfig
 from dt_eva.runs.evals import write_eval_record
 from dt_eva.runs.guard import OpenRun
@@ -22,7 +30,13 @@ from dt_eva.runs.layout import RunPaths
 from dt_eva.runs.policy import target_returns
 from dt_eva.training import Trainer, TrainResult, WholeModel
 from dt_eva.training.checkpoint import seed_everything
-from dt_eva.training.distributed import DistContext, barrier, init_distributed, rank_seed, shutdown_distributed
+from dt_eva.training.distributed import (
+    DistContext,
+    barrier,
+    init_distributed,
+    rank_seed,
+    shutdown_distributed,
+)
 from dt_eva.utils.io import atomic_write_json
 
 KIND = "pretrain"
@@ -65,7 +79,6 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False, force: bool = False)
 
 def load_pretrain_dataset(cfg: PretrainConfig) -> Any:
     """The training data, checked against the model's state / action sizes."""
-    from dt_eva.data import load_dataset
 
     dataset = load_dataset(cfg.data.path, tasks=cfg.data.tasks)
     if (dataset.state_dim, dataset.act_dim) != (cfg.model.state_dim, cfg.model.act_dim):
@@ -78,8 +91,6 @@ def load_pretrain_dataset(cfg: PretrainConfig) -> Any:
 
 def eval_targets(cfg: PretrainConfig, dataset: Any) -> dict[str, float]:
     """Target returns of `train.eval_tasks` (when the run evaluates), which must be tasks of the training data."""
-    from dt_eva.envs import resolve_tasks
-
     tasks = resolve_tasks(cfg.train.eval_tasks) if cfg.train.eval_tasks and cfg.train.eval_every > 0 else []
     missing = [t for t in tasks if t not in dataset.tasks]
     if missing:
@@ -93,8 +104,6 @@ def eval_targets(cfg: PretrainConfig, dataset: Any) -> dict[str, float]:
 def prepare_pretrain(cfg: PretrainConfig, resume: bool = False, force: bool = False,
                      dist: DistContext | None = None) -> PretrainSetup:
     """Validate everything, then claim the run directory and build the `Trainer` (collective under DDP)."""
-    from dt_eva.data import WindowSampler
-    from dt_eva.models import DecisionTransformer
 
     dist = dist or DistContext(device=torch.device("cpu"))
     paths = RunPaths(cfg.resolved_run_dir)

@@ -16,6 +16,10 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
+from dt_eva.data import WindowSampler
+from dt_eva.eva import EvaConfig, compute_eva
+from dt_eva.models import DT_ADAPTER_TARGETS
+
 # Offset added to the data seed for the EVA sampler; any constant works as long as it differs from
 # the training sampler's seed, so the two streams are independent.
 EVA_SEED_OFFSET = 7919
@@ -71,9 +75,6 @@ def compute_dt_eva(
     (`data_seed` defaults to `seed`), separate from the training sampler. `autocast_dtype` (e.g.
     `torch.bfloat16`) runs the forward passes under autocast; the SVD itself stays fp32.
     """
-    from dt_eva.data import WindowSampler
-    from dt_eva.eva import EvaConfig, compute_eva
-    from dt_eva.models import DT_ADAPTER_TARGETS
 
     types = [str(t) for t in token_types]
     if not types:

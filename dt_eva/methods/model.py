@@ -18,7 +18,17 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from dt_eva.adapters import (
+    adapter_layers,
+    adapter_state_dict,
+    inject_adapters,
+    load_adapter_state_dict,
+    merge_adapters,
+)
+from dt_eva.eva import match_modules
 from dt_eva.methods.registry import MethodSpec
+from dt_eva.models import DT_ADAPTER_TARGETS
+
 
 @dataclass
 class MethodModel:
@@ -65,7 +75,6 @@ class MethodModel:
         if self.spec.kind == "full":
             return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         if self.spec.kind == "adapter":
-            from dt_eva.adapters import adapter_state_dict
 
             return adapter_state_dict(self.model)
         return {k: v.detach().clone() for k, v in self.model.state_dict().items() if _is_adalora_key(k)}
@@ -74,7 +83,6 @@ class MethodModel:
         if self.spec.kind == "full":
             self.model.load_state_dict(state)
         elif self.spec.kind == "adapter":
-            from dt_eva.adapters import load_adapter_state_dict
 
             load_adapter_state_dict(self.model, state)
         else:
@@ -99,7 +107,6 @@ class MethodModel:
         """
         model = copy.deepcopy(self.model).cpu()
         if self.spec.kind == "adapter":
-            from dt_eva.adapters import adapter_layers, merge_adapters
 
             merge_adapters(model)
             for name, layer in adapter_layers(model).items():
@@ -143,14 +150,12 @@ def build_method_model(
 
     `cfg` is a `FinetuneConfig`; `base` a `dt_eva.runs.PretrainedBase` (`.build(dropout)`, `.identity()`).
     """
-    from dt_eva.models import DT_ADAPTER_TARGETS
 
     model = base.build(cfg.dropout)
     if spec.kind == "full":
         model.requires_grad_(True)
         return MethodModel(model, spec, {}, base_identity=base.identity())
     if spec.kind == "adapter":
-        from dt_eva.adapters import inject_adapters
 
         kwargs: dict[str, Any] = dict(
             method=spec.adapter, alpha=cfg.alpha, init=spec.init, dropout=cfg.adapter_dropout
@@ -163,7 +168,7 @@ def build_method_model(
             kwargs.update(rank=cfg.rank)
         wrapped = inject_adapters(model, list(DT_ADAPTER_TARGETS), **kwargs)
         return MethodModel(model, spec, wrapped, base_identity=base.identity())
-    from dt_eva.adapters.adalora import apply_adalora
+    from dt_eva.adapters.adalora import apply_adalora  # lazy: PEFT is an optional extra
 
     steps = int(total_steps or cfg.train.steps)
     init_r, target_r = adalora_ranks(cfg)
@@ -220,7 +225,6 @@ def check_rank_fits(model: nn.Module, target_modules: Sequence[str], rank: int, 
     A LoRA factor of rank r needs r <= min(in_features, out_features); checking before any adapter
     is injected (or EVA runs) keeps a bad `--rank` from failing half-way with an anonymous layer.
     """
-    from dt_eva.eva import match_modules
 
     for name, module in match_modules(model, list(target_modules)):
         weight = module.weight

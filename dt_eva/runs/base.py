@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from dt_eva.config import load_config
+from dt_eva.models import DecisionTransformer
 from dt_eva.runs.configs import PretrainConfig
 from dt_eva.runs.layout import RunPaths
 from dt_eva.runs.marker import run_kind
@@ -36,7 +37,6 @@ class PretrainedBase:
 
     def build(self, dropout: float | None = None) -> nn.Module:
         """A fresh `DecisionTransformer` with the pre-trained weights (dropout optionally replaced)."""
-        from dt_eva.models import DecisionTransformer
 
         model_cfg = self.model_cfg if dropout is None else dataclasses.replace(self.model_cfg, dropout=float(dropout))
         model = DecisionTransformer(model_cfg)

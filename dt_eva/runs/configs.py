@@ -179,7 +179,7 @@ class FinetuneConfig:
 
     def default_name(self) -> str:
         """`<pretrain run>-<task>-<method>-r<rank>[-rho<rho>]-s<seed>`."""
-        from dt_eva.envs import resolve_task, short_name
+        from dt_eva.envs import resolve_task, short_name  # lazy: dt_eva.envs loads gymnasium (0.7 s)
 
         spec = resolve_method(self.method)
         base = Path(self.checkpoint).name or "pretrain"

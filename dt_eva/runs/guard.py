@@ -19,7 +19,7 @@ from typing import Any
 
 from dt_eva.runs.layout import PACKAGE_ENTRIES, RunPaths
 from dt_eva.runs.lock import RunLock
-from dt_eva.runs.marker import read_meta, is_marked, write_meta
+from dt_eva.runs.marker import is_marked, read_meta, write_meta
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=@-]{0,199}$")
 
@@ -143,7 +143,7 @@ def clear_run_dir(paths: RunPaths) -> None:
 
 def check_resume_compatible(saved: Any, cfg: Any, run_dir: str | Path) -> None:
     """A resumed run keeps its config: only `RESUME_MUTABLE_KEYS` may differ from the saved one."""
-    from dt_eva.config import config_diff
+    from dt_eva.config import config_diff  # lazy: keeps the guard importable without omegaconf loaded
 
     changed = {k: v for k, v in config_diff(saved, cfg).items() if k not in RESUME_MUTABLE_KEYS}
     if changed:

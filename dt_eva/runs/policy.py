@@ -15,6 +15,12 @@ import torch
 from torch import nn
 
 from dt_eva.config import config_to_dict, load_config
+from dt_eva.data import load_dataset
+from dt_eva.data.format import METADATA_FILE
+from dt_eva.eva import EvaResult
+from dt_eva.methods import resolve_method
+from dt_eva.methods.model import build_method_model, check_same_base
+from dt_eva.models import DecisionTransformer
 from dt_eva.runs.base import PretrainedBase, load_pretrained_base
 from dt_eva.runs.configs import FinetuneConfig, PretrainConfig
 from dt_eva.runs.layout import RunPaths
@@ -31,8 +37,7 @@ def target_returns(dataset: Any, tasks: Iterable[str]) -> dict[str, float]:
 def collect_hint(data_path: str | Path, task: str) -> str:
     """A `dt-eva collect` command that adds `task` to the dataset at `data_path` (with the dataset's own
     episodes, noise levels, random prefixes and seed, which `collect` requires) or creates it."""
-    from dt_eva.data.format import METADATA_FILE
-    from dt_eva.envs import short_name
+    from dt_eva.envs import short_name  # lazy: dt_eva.envs loads gymnasium (0.7 s)
 
     command = f"dt-eva collect --tasks {short_name(task)} --out {data_path}"
     try:
@@ -46,7 +51,6 @@ def collect_hint(data_path: str | Path, task: str) -> str:
 
 def load_task_dataset(data_path: str | Path, task: str) -> Any:
     """The fine-tuning task's data; a missing dataset or task says which `dt-eva collect` to run."""
-    from dt_eva.data import load_dataset
 
     path = Path(data_path)
     if not path.is_dir():
@@ -89,8 +93,6 @@ def _weights(paths: RunPaths) -> tuple[dict[str, Any], Path, int | None]:
 
 
 def _load_pretrain_model(paths: RunPaths, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
-    from dt_eva.data import load_dataset
-    from dt_eva.models import DecisionTransformer
 
     if not paths.config.is_file():
         raise FileNotFoundError(f"{paths.config} is missing, so the model cannot be rebuilt")
@@ -125,9 +127,7 @@ def load_finetune_model(run_dir: str | Path, device: str | torch.device = "cpu",
     that has not finished, `checkpoints/last.pt`). `merged=True` loads `merged_model.pt` into a plain
     `DecisionTransformer`; `None` does so when the file exists.
     """
-    from dt_eva.envs import resolve_task
-    from dt_eva.methods import resolve_method
-    from dt_eva.methods.model import check_same_base
+    from dt_eva.envs import resolve_task  # lazy: dt_eva.envs loads gymnasium (0.7 s)
 
     paths = RunPaths(run_dir)
     for path in (paths.config, paths.meta):
@@ -159,7 +159,6 @@ def load_finetune_model(run_dir: str | Path, device: str | torch.device = "cpu",
 
 
 def _load_merged(paths: RunPaths, base: PretrainedBase) -> tuple[nn.Module, Path, None, dict]:
-    from dt_eva.models import DecisionTransformer
 
     if not paths.merged_model.is_file():
         raise FileNotFoundError(f"{paths.merged_model} does not exist; run the fine-tuning with --export-merged")
@@ -172,14 +171,11 @@ def _load_merged(paths: RunPaths, base: PretrainedBase) -> tuple[nn.Module, Path
 
 
 def _load_method_model(paths: RunPaths, cfg: FinetuneConfig, base: PretrainedBase) -> tuple[nn.Module, Path, Any, dict]:
-    from dt_eva.methods import resolve_method
-    from dt_eva.methods.model import build_method_model
 
     spec = resolve_method(cfg.method)
     state, weights_path, step = _weights(paths)
     eva_result = None
     if spec.eva:
-        from dt_eva.eva import EvaResult
 
         eva_result = EvaResult.load(paths.eva)
     mm = build_method_model(cfg, spec, base, eva_result)
