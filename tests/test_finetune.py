@@ -236,7 +236,7 @@ def test_merged_export_equals_the_adapter_model(workspace, tmp_path, method):
     from dt_eva.runs import load_run_model
 
     run_dir = run_finetune(ft_cfg(workspace, tmp_path / method, f"method={method}", "export_merged=true",
-                                  "train.steps=5", "optim.lr=3e-2"))
+                                  "train.steps=10", "optim.lr=3e-2"))
     adapted, _ = load_finetune_model(run_dir, merged=False)
     merged, info = load_run_model(run_dir)  # prefers merged_model.pt when it exists
     assert type(merged) is DecisionTransformer and info["weights"].endswith("merged_model.pt")

@@ -11,7 +11,6 @@ tensors that train), the after-step hook (AdaLoRA's rank allocation), the extra 
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -135,7 +134,7 @@ def _replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
 
 def adalora_ranks(cfg: Any) -> tuple[int, int]:
     """(init_r, target_r) of AdaLoRA for this config."""
-    init_r = cfg.adalora.init_rank or math.ceil(1.5 * cfg.rank)
+    init_r = cfg.adalora.init_rank or cfg.rank + 4  # the paper starts AdaLoRA at r + 4
     return max(init_r, cfg.rank), cfg.rank
 
 

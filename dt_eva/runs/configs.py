@@ -77,7 +77,7 @@ class EvaSettings:
 class AdaLoraSettings:
     """AdaLoRA (through PEFT): start every target at `init_rank` and prune to `rank` on average.
 
-    init_rank: 0 = ceil(1.5 * rank) (PEFT's default ratio 12 : 8).
+    init_rank: 0 = rank + 4 (the paper, appendix B: "always start initial ranks with r+4").
     tinit / tfinal: fractions of `train.steps` before pruning starts / after the budget is final.
     """
 
@@ -89,7 +89,7 @@ class AdaLoraSettings:
 
     def __post_init__(self) -> None:
         if self.init_rank < 0:
-            raise ValueError(f"adalora.init_rank must be >= 0 (0 = 1.5 x rank), got {self.init_rank}")
+            raise ValueError(f"adalora.init_rank must be >= 0 (0 = rank + 4), got {self.init_rank}")
         if not (0 <= self.tinit < 1 and 0 <= self.tfinal < 1 and self.tinit + self.tfinal < 1):
             raise ValueError(
                 f"adalora.tinit ({self.tinit}) and adalora.tfinal ({self.tfinal}) are fractions of train.steps "
