@@ -256,16 +256,19 @@ def episodes_footnote(episodes: dict[str, int], max_names: int = 12) -> str:
         by_size[n].append(Path(run).name)
     if len(by_size) <= 1:
         n = next(iter(by_size), "?")
-        return f"Episodes: every cell comes from evaluations of {n} episodes per task (each run's largest evaluation)."
-    common = max(by_size, key=lambda n: (len(by_size[n]), n))
+        return (f"Episodes: every cell comes from evaluations of {n} episode{'s' if n != 1 else ''} per task "
+                "(each run's largest evaluation).")
+    # with many runs, the most common size is given as a count and only the others are named
+    common = max(by_size, key=lambda n: (len(by_size[n]), n)) if len(episodes) > max_names else None
     parts = []
     for n in sorted(by_size, reverse=True):
         names = sorted(by_size[n])
+        size = f"{n} episode{'s' if n != 1 else ''} per task"
         if n == common:
-            parts.append(f"{n} episodes per task: {len(names)} run(s)")
+            parts.append(f"{size}: {len(names)} runs")
         else:
             shown = ", ".join(names[:max_names]) + (f" and {len(names) - max_names} more" if len(names) > max_names else "")
-            parts.append(f"{n} episodes per task: {shown}")
+            parts.append(f"{size}: {shown}")
     return ("**Evaluation sizes differ in this table** (each run's largest evaluation): " + "; ".join(parts)
             + ". Cells that mix them are less comparable; re-evaluate the smaller runs with "
             f"`dt-eva evaluate --run RUN --episodes {max(by_size)}`.")
