@@ -14,8 +14,9 @@ from pathlib import Path
 import torch
 
 from dt_eva.config import load_config
-from dt_eva.training import PretrainConfig, init_distributed, prepare_pretrain, shutdown_distributed
-from dt_eva.training.pretrain import finish_pretrain
+from dt_eva.experiments.pretrain import finish_pretrain, prepare_pretrain
+from dt_eva.runs.configs import PretrainConfig
+from dt_eva.training import init_distributed, shutdown_distributed
 
 
 def main(out_dir: str, overrides: list[str]) -> None:
@@ -25,6 +26,8 @@ def main(out_dir: str, overrides: list[str]) -> None:
         setup = prepare_pretrain(cfg, dist=dist)
         result = setup.trainer.fit()
         finish_pretrain(setup, result)
+        if setup.run is not None:
+            setup.run.close()
         state = {k: v.detach().cpu() for k, v in setup.trainer.model.state_dict().items()}
         torch.save({"state": state, "backend": dist.backend, "world_size": dist.world_size}, Path(out_dir) / f"rank{dist.rank}.pt")
     finally:

@@ -16,13 +16,12 @@ import pytest
 import torch
 
 from dt_eva.config import load_config
-from dt_eva.training.finetune import (
-    FinetuneConfig,
-    load_finetune_model,
-    load_pretrained_base,
-    run_finetune,
-)
-from dt_eva.training.methods import EVA_SEED_OFFSET, METHODS, compute_dt_eva
+from dt_eva.experiments.finetune import run_finetune
+from dt_eva.runs.base import load_pretrained_base
+from dt_eva.runs.configs import FinetuneConfig
+from dt_eva.runs.policy import load_finetune_model
+from dt_eva.methods import METHODS
+from dt_eva.methods.eva_dt import EVA_SEED_OFFSET, compute_dt_eva
 from dt_eva.training.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +34,8 @@ TINY_MODEL = [f"model.hidden_size={HIDDEN}", f"model.n_layer={LAYERS}", "model.n
 def workspace(tmp_path_factory) -> dict[str, Path]:
     """A real dataset (hammer + reach) and a tiny DT pre-trained on it for a few steps."""
     from dt_eva.data import collect_dataset
-    from dt_eva.training import PretrainConfig, run_pretrain
+    from dt_eva.experiments.pretrain import run_pretrain
+    from dt_eva.runs.configs import PretrainConfig
 
     root = tmp_path_factory.mktemp("finetune")
     data = root / "data"
@@ -259,7 +259,7 @@ def _expect_error(cfg: FinetuneConfig, exc: type, match: str) -> None:
 
 
 def test_unknown_method_and_task_list_the_valid_ones(workspace, tmp_path):
-    _expect_error(ft_cfg(workspace, tmp_path / "a", "method=qlora"), ValueError, r"valid methods are: fft, lora, dora")
+    _expect_error(ft_cfg(workspace, tmp_path / "a", "method=qlora"), ValueError, r"valid methods are: fft, lora, adalora")
     _expect_error(ft_cfg(workspace, tmp_path / "b", "task=hamer"), ValueError, r"hammer")
 
 
@@ -293,7 +293,7 @@ def test_dataset_dims_that_do_not_fit_the_model(workspace, tmp_path):
     """A pre-trained model built for 20-d states cannot be fine-tuned on Meta-World's 39-d data."""
     from dt_eva.config import save_config
     from dt_eva.models import DecisionTransformer
-    from dt_eva.training import PretrainConfig
+    from dt_eva.runs.configs import PretrainConfig
 
     pre = tmp_path / "pre-20d"
     shutil.copytree(workspace["pretrain"], pre)

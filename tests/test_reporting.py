@@ -30,7 +30,8 @@ def write_run(root: Path, name: str, *, kind: str = "finetune", task: str | None
     """
     run = root / name
     run.mkdir(parents=True)
-    (run / "meta.json").write_text(json.dumps({"kind": kind, "versions": {}, "command": [], "created": "now"}))
+    (run / "meta.json").write_text(json.dumps({"package": "dt-eva", "kind": kind, "run_id": name, "versions": {},
+                                               "command": [], "created": "now"}))
     config = {"name": name, "seed": seed, "optim": {"lr": lr}}
     if kind == "finetune":
         config.update(task=task, method=method, rank=rank, rho=rho, checkpoint=checkpoint)

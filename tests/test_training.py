@@ -21,13 +21,13 @@ from torch import nn
 
 from dt_eva.config import load_config
 from dt_eva.models import DecisionTransformer, DTConfig
+from dt_eva.experiments.pretrain import prepare_pretrain, run_pretrain
+from dt_eva.runs.configs import PretrainConfig
 from dt_eva.training import (
     NonFiniteLossError,
-    PretrainConfig,
     Trainer,
+    WholeModel,
     build_scheduler,
-    prepare_pretrain,
-    run_pretrain,
     warmup_cosine_lr,
     weight_decay_param_groups,
 )
@@ -132,15 +132,18 @@ def test_loss_falls_and_hooks_run(dataset_path, tmp_path):
         torch.rand(100)  # consumes RNG: must not change the training stream
         return {"eval/success_any": 0.25}
 
-    def after(step):
-        calls["after"].append(step)
-        assert all(p.grad is not None for p in trainer.model.parameters() if p.requires_grad)  # grads still there
-        extra["budget"] += 1
+    class Counting(WholeModel):
+        def after_step(self, step):
+            calls["after"].append(step)
+            assert all(p.grad is not None for p in trainer.model.parameters() if p.requires_grad)  # grads still there
+            extra["budget"] += 1
+
+        def extra_state(self):
+            return dict(extra)
 
     trainer = Trainer(
-        setup.trainer.model, setup.trainer.sampler, cfg.optim, cfg.train, setup.run_dir,
-        eval_fn=eval_fn, after_optimizer_step=after,
-        extra_state_fn=lambda: dict(extra), load_extra_state_fn=extra.update, tensorboard=True,
+        Counting(setup.trainer.model), setup.trainer.sampler, cfg.optim, cfg.train, setup.paths,
+        eval_fn=eval_fn, tensorboard=True,
     )
     result = trainer.fit()
     assert result.steps == 120 and calls["after"] == list(range(1, 121))
@@ -192,7 +195,7 @@ def test_existing_run_dir_needs_resume_or_force(dataset_path, tmp_path):
     assert len(losses(run_dir)) == 3  # the old metrics are gone, not appended to
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "precious.txt").write_text("x")
-    with pytest.raises(ValueError, match="not a dt-eva run directory"):
+    with pytest.raises(ValueError, match="not a dt-eva run"):
         run_pretrain(tiny_cfg(dataset_path, tmp_path / "other", "train.steps=3"), force=True)
     assert (tmp_path / "other" / "precious.txt").exists()
 

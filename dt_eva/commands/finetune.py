@@ -24,7 +24,7 @@ _FLAG_KEYS = {"checkpoint": "checkpoint", "task": "task", "method": "method", "r
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from dt_eva.training.methods import METHODS
+    from dt_eva.methods import METHODS
 
     parser.add_argument("--config", "-c", help="YAML preset (configs/finetune/tiny.yaml or paper.yaml); "
                         "default: the paper's values")
@@ -59,8 +59,9 @@ def config_overrides(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from dt_eva.config import load_config
+    from dt_eva.experiments.finetune import run_finetune
+    from dt_eva.runs.configs import FinetuneConfig
     from dt_eva.training import TrainingInterrupted
-    from dt_eva.training.finetune import FinetuneConfig, run_finetune
 
     if args.resume and args.force:
         raise ValueError("--resume and --force contradict each other: pass one of them")
@@ -78,7 +79,10 @@ def run(args: argparse.Namespace) -> int:
 
 def print_summary(run_dir: Path) -> None:
     """What the run did and where its files are."""
-    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    from dt_eva.runs.layout import RunPaths
+
+    paths = RunPaths(run_dir)
+    summary = json.loads(paths.summary.read_text(encoding="utf-8"))
     ev = summary.get("eval") or {}
     rows = [
         ("run", f"{summary['name']}  ({run_dir})"),
@@ -93,11 +97,11 @@ def print_summary(run_dir: Path) -> None:
     ]
     if summary.get("eva_init_seconds") is not None:
         rows.append(("EVA init", f"{summary['eva_init_seconds']:.2f} s, total rank {summary['total_rank']}  "
-                     f"({run_dir / 'eva' / 'ranks.png'})"))
-    rows.append(("weights", str(run_dir / "model.pt")))
-    if (run_dir / "merged_model.pt").is_file():
-        rows.append(("merged model", str(run_dir / "merged_model.pt")))
-    rows.append(("metrics", f"{run_dir / 'metrics.jsonl'}  (tensorboard --logdir {run_dir / 'tb'})"))
+                     f"({paths.eva_ranks_plot})"))
+    rows.append(("weights", str(paths.model)))
+    if paths.merged_model.is_file():
+        rows.append(("merged model", str(paths.merged_model)))
+    rows.append(("metrics", f"{paths.metrics}  (tensorboard --logdir {paths.tensorboard})"))
     width = max(len(k) for k, _ in rows)
     print()
     for key, value in rows:

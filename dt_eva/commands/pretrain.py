@@ -27,7 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dt_eva.config import load_config
-    from dt_eva.training import PretrainConfig, TrainingInterrupted, run_pretrain
+    from dt_eva.experiments.pretrain import run_pretrain
+    from dt_eva.runs.configs import PretrainConfig
+    from dt_eva.training import TrainingInterrupted
 
     if args.resume and args.force:
         raise ValueError("--resume and --force contradict each other: pass one of them")
@@ -49,7 +51,10 @@ def _is_main() -> bool:
 
 def print_summary(run_dir: Path) -> None:
     """A short table of what the run did and where its files are."""
-    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    from dt_eva.runs.layout import RunPaths
+
+    paths = RunPaths(run_dir)
+    summary = json.loads(paths.summary.read_text(encoding="utf-8"))
     ev = summary.get("eval") or {}
     rows = [
         ("run", summary["name"]),
@@ -63,9 +68,9 @@ def print_summary(run_dir: Path) -> None:
             "eval success (any / final)",
             f"{ev['success_any']:.3f} / {ev['success_final']:.3f}" if "success_any" in ev else "not evaluated",
         ),
-        ("model", str(run_dir / "model.pt")),
-        ("config", str(run_dir / "config.yaml")),
-        ("metrics", f"{run_dir / 'metrics.jsonl'}  (tensorboard --logdir {run_dir / 'tb'})"),
+        ("model", str(paths.model)),
+        ("config", str(paths.config)),
+        ("metrics", f"{paths.metrics}  (tensorboard --logdir {paths.tensorboard})"),
     ]
     width = max(len(k) for k, _ in rows)
     print()

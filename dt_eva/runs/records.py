@@ -18,7 +18,8 @@ import yaml
 
 from dt_eva.methods.registry import METHODS, normalize_method_name
 from dt_eva.runs.evals import largest_eval, read_eval_records
-from dt_eva.runs.layout import CHECKPOINTS, EVA, KINDS, TENSORBOARD, VIDEOS, RunPaths
+from dt_eva.runs.layout import CHECKPOINTS, EVA, TENSORBOARD, VIDEOS, RunPaths
+from dt_eva.runs.marker import is_run_dir
 
 _NOT_RUN_CHILDREN = {TENSORBOARD, CHECKPOINTS, EVA, VIDEOS, "__pycache__"}
 
@@ -105,37 +106,9 @@ def full_task_name(task: str) -> str:
     return task if head and tail.isdigit() else f"{task}-v3"
 
 
-def read_meta(path: str | os.PathLike) -> dict[str, Any] | None:
-    """The `meta.json` of a directory as a dict; None when there is none.
-
-    A `meta.json` that is not a JSON object is a `ValueError` naming the file.
-    """
-    meta_path = RunPaths(path).meta
-    if not meta_path.is_file():
-        return None
-    try:
-        obj = json.loads(meta_path.read_bytes().decode("utf-8"))
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{meta_path} is corrupt ({e})") from None
-    if not isinstance(obj, dict):
-        raise ValueError(f"{meta_path} is corrupt (not a JSON object)")
-    return obj
-
-
-def _looks_like_run(path: Path) -> bool:
-    # TODO(lead): use dt_eva.runs.marker.is_run_dir
-    """A directory whose meta.json names a run kind; a damaged meta.json counts, so it gets reported."""
-    if not path.is_dir():
-        return False
-    try:
-        meta = read_meta(path)
-    except ValueError:
-        return True
-    return meta is not None and meta.get("kind") in KINDS
-
-
 def find_run_dirs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
-    """Run directories given directly or found below the given roots (sorted, no duplicates).
+    """Run directories (marked by dt-eva, `dt_eva.runs.marker`) given directly or found below the given
+    roots (sorted, no duplicates).
 
     A root is searched recursively; the search does not descend into a run directory nor into
     hidden directories (atomic-write temporaries start with a dot). A missing path is an error.
@@ -146,12 +119,12 @@ def find_run_dirs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> lis
     for p in map(Path, paths):
         if not p.exists():
             raise FileNotFoundError(f"{p} does not exist; pass run directories or a directory that holds them")
-        if _looks_like_run(p):
+        if is_run_dir(p):
             found[p.resolve()] = None
             continue
         for root, dirs, _files in os.walk(p):
             root_path = Path(root)
-            if _looks_like_run(root_path):
+            if is_run_dir(root_path):
                 found[root_path.resolve()] = None
                 dirs[:] = []
                 continue

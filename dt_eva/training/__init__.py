@@ -1,19 +1,16 @@
-"""Training: the one loop shared by pre-training and fine-tuning, checkpoints, DDP, `run_pretrain`.
+"""Training: the one loop shared by pre-training and fine-tuning, checkpoints, DDP, precision.
 
-- `Trainer` (`loop.py`): AdamW + warm-up/cosine, clipping, bf16 autocast, DDP, metrics, checkpoints,
-  hooks for fine-tuning (param groups, loss, checkpointed model state, after-step callback, extra state).
-- `DataConfig`, `OptimConfig`, `TrainConfig` (`configs.py`): config sections shared with fine-tuning.
-- `PretrainConfig`, `run_pretrain` (`pretrain.py`): `dt-eva pretrain`.
-- `dt_eva.training.finetune` (imported on demand): `dt-eva finetune`.
+- `Trainer` (`loop.py`): AdamW + warm-up/cosine, clipping, bf16 autocast, DDP, metrics, checkpoints;
+  it trains a `Trainable` (`WholeModel` for a plain model; `dt_eva.methods.model.MethodModel`).
+- `DataConfig`, `OptimConfig`, `TrainConfig` (`configs.py`): config sections of every run.
+The drivers that use it are in `dt_eva.experiments`.
 """
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .configs import DataConfig, OptimConfig, TrainConfig
 from .distributed import DistContext, init_distributed, shutdown_distributed
-from .loop import NonFiniteLossError, Trainer, TrainingInterrupted, TrainResult
+from .loop import NonFiniteLossError, Trainable, Trainer, TrainingInterrupted, TrainResult, WholeModel
 from .optim import build_optimizer, weight_decay_param_groups
-from .pretrain import PretrainConfig, prepare_pretrain, run_pretrain
-from .rundir import default_run_dir, prepare_run_dir, write_meta
 from .schedule import build_scheduler, warmup_cosine_lr
 
 __all__ = [
@@ -21,22 +18,18 @@ __all__ = [
     "DistContext",
     "NonFiniteLossError",
     "OptimConfig",
-    "PretrainConfig",
     "TrainConfig",
     "TrainResult",
+    "Trainable",
     "Trainer",
     "TrainingInterrupted",
+    "WholeModel",
     "build_optimizer",
     "build_scheduler",
-    "default_run_dir",
     "init_distributed",
     "load_checkpoint",
-    "prepare_pretrain",
-    "prepare_run_dir",
-    "run_pretrain",
     "save_checkpoint",
     "shutdown_distributed",
     "warmup_cosine_lr",
     "weight_decay_param_groups",
-    "write_meta",
 ]

@@ -1,70 +1,30 @@
-"""Checkpoint files and the random-number state that makes a resumed run continue exactly.
+"""The random-number state that makes a resumed run continue exactly, and the checkpoint files.
 
-A checkpoint is one `torch.save`d dict written atomically (temp file + rename), so a SIGKILL during
-the write leaves the previous checkpoint intact. Reading checks the file and says which file is
-missing or corrupt.
+Checkpoints are read and written by `dt_eva.runs.files` (atomic writes; `weights_only` loading that
+never runs code). The RNG state is stored as tensors and plain numbers so that such a load needs
+no allow-list.
 """
 
 from __future__ import annotations
 
-import pickle
 import random
-import zipfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from dt_eva.utils.io import atomic_torch_save
+from dt_eva.utils.torchfiles import CHECKPOINT_FORMAT, load_checkpoint, load_state_dict_file, save_checkpoint
 
-CHECKPOINT_FORMAT = 1
-
-
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Atomically write `state` (plus a format marker) to `path`."""
-    atomic_torch_save({"format": CHECKPOINT_FORMAT, **state}, path)
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by `save_checkpoint`.
-
-    Raises `FileNotFoundError` naming a missing file and `ValueError` naming a corrupt or foreign one.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        # weights_only=False: the file holds optimizer/scheduler state and RNG tuples; it is our own file.
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise ValueError(f"checkpoint {path} is corrupt or not a torch file ({e.__class__.__name__}: {e})") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"checkpoint {path} is not a dt-eva training checkpoint (no format={CHECKPOINT_FORMAT} marker)")
-    return state
-
-
-def load_state_dict_file(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Read a plain state dict (e.g. `model.pt`), naming the file when it is missing or corrupt."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises several types for truncated / foreign files
-        raise ValueError(f"weights file {path} is corrupt or not a torch state dict ({e.__class__.__name__}: {e})") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"weights file {path} does not hold a state dict of tensors")
-    return state
+__all__ = ["CHECKPOINT_FORMAT", "capture_rng_state", "load_checkpoint", "load_state_dict_file", "restore_rng_state",
+           "save_checkpoint", "seed_everything"]
 
 
 def capture_rng_state() -> dict[str, Any]:
     """Python, NumPy (global), torch CPU and CUDA generator states."""
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
+    numpy_state = np.random.get_state(legacy=False)
+    numpy_state["state"] = {"key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+                            "pos": int(numpy_state["state"]["pos"])}
+    state: dict[str, Any] = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -72,8 +32,13 @@ def capture_rng_state() -> dict[str, Any]:
 
 def restore_rng_state(state: dict[str, Any]) -> None:
     """Inverse of `capture_rng_state` (CUDA states only when present and CUDA is available)."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    random.setstate(_as_tuples(state["python"]))
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, dict):  # format 2: the key as a tensor
+        key = numpy_state["state"]["key"]
+        key = key.numpy() if isinstance(key, torch.Tensor) else np.asarray(key)
+        numpy_state = {**numpy_state, "state": {**numpy_state["state"], "key": key.astype(np.uint32)}}
+    np.random.set_state(numpy_state)
     torch.set_rng_state(state["torch"].cpu() if isinstance(state["torch"], torch.Tensor) else state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         cuda_states = state["cuda"]
@@ -86,3 +51,8 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def _as_tuples(value: Any) -> Any:
+    """`random.setstate` needs tuples where a serialiser may have produced lists."""
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value

@@ -5,17 +5,12 @@ clipping, bf16 autocast where the device has it, DistributedDataParallel under t
 `metrics.jsonl` + TensorBoard, a tqdm bar, periodic online evaluation through a callback, and
 checkpoints that let an interrupted run continue bit-for-bit (on CPU) from `checkpoints/last.pt`.
 
-What fine-tuning changes is passed in as hooks rather than subclassing:
-
-- `param_groups(model)`: which parameters are optimised, with per-group options (default: every
-  trainable parameter, weight decay on weight matrices only);
-- `loss_fn(model, batch)`: the loss (default `model.loss(batch)`), e.g. plus a regulariser;
-- `model_state_fn(model)` / `load_model_state_fn(model, state)`: what a checkpoint holds of the model
-  (default the full `state_dict`; fine-tuning can store adapters only);
-- `after_optimizer_step(step)`: called after every update, before gradients are cleared (AdaLoRA's
-  rank allocation reads them);
-- `extra_state_fn()` / `load_extra_state_fn(state)`: more state to checkpoint (e.g. an AdaLoRA budget);
-- `eval_fn(model, step) -> dict[str, float]`: online evaluation every `train.eval_every` steps.
+What differs between pre-training and the fine-tuning methods is one object, the `Trainable`
+(`WholeModel` for pre-training, `dt_eva.methods.MethodModel` for fine-tuning): the model, its loss,
+what a checkpoint holds of it, an after-step hook and extra checkpoint state. Evaluation comes in as
+one callback, `eval_fn(model, step) -> dict[str, float]`, called every `train.eval_every` steps.
+The files the loop writes (`files.last_checkpoint`, `files.metrics`, `files.tensorboard`) come from
+the caller: a `dt_eva.runs.RunPaths`.
 """
 
 from __future__ import annotations
@@ -39,7 +34,56 @@ from .optim import build_optimizer, weight_decay_param_groups
 from .precision import autocast, precision_name, resolve_precision
 from .schedule import build_scheduler
 
-CHECKPOINT_NAME = "checkpoints/last.pt"
+
+class TrainerFiles(Protocol):
+    """Where the loop writes (`dt_eva.runs.RunPaths` is one)."""
+
+    last_checkpoint: Path
+    metrics: Path
+    tensorboard: Path
+
+
+class Trainable(Protocol):
+    """What the loop trains: `model` plus the method-specific parts of training it."""
+
+    model: nn.Module
+
+    def loss(self, model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor: ...
+
+    def state_dict(self) -> dict[str, Any]: ...  # what checkpoints and model.pt hold of the model
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def after_step(self, step: int) -> None: ...  # after optimizer.step(), before grads are cleared
+
+    def extra_state(self) -> dict[str, Any]: ...
+
+    def load_extra_state(self, state: dict[str, Any]) -> None: ...
+
+
+class WholeModel:
+    """A `Trainable` for a plain model with a `.loss(batch)`: every parameter trains and is saved."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def loss(self, model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return model.loss(batch)  # type: ignore[operator]
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.model.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state)
+
+    def after_step(self, step: int) -> None:
+        pass
+
+    def extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
 
 
 class BatchSampler(Protocol):
@@ -101,16 +145,8 @@ class _LossModule(nn.Module):
         return self.loss_fn(self.model, batch)
 
 
-def _default_loss(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    return model.loss(batch)  # type: ignore[operator]
-
-
-def _default_load_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    model.load_state_dict(state)
-
-
 class Trainer:
-    """One training run in `run_dir`; see the module docstring for the hooks.
+    """One training run writing to `files`; see the module docstring for the `Trainable` and the callback.
 
     `train.batch_size` is the global batch: under DDP each rank's sampler must draw
     `batch_size / world_size` windows (the caller builds the sampler; see `local_batch_size`).
@@ -118,40 +154,28 @@ class Trainer:
 
     def __init__(
         self,
-        model: nn.Module,
+        trainable: Trainable,
         sampler: BatchSampler,
         optim: OptimConfig,
         train: TrainConfig,
-        run_dir: str | Path,
+        files: TrainerFiles,
         *,
         dist: DistContext | None = None,
-        param_groups: Callable[[nn.Module], list[dict]] | None = None,
-        loss_fn: Callable[[nn.Module, Mapping[str, torch.Tensor]], torch.Tensor] | None = None,
-        model_state_fn: Callable[[nn.Module], dict[str, Any]] | None = None,
-        load_model_state_fn: Callable[[nn.Module, dict[str, Any]], None] | None = None,
         eval_fn: Callable[[nn.Module, int], Mapping[str, float]] | None = None,
-        after_optimizer_step: Callable[[int], None] | None = None,
-        extra_state_fn: Callable[[], dict[str, Any]] | None = None,
-        load_extra_state_fn: Callable[[dict[str, Any]], None] | None = None,
         tokens_per_sample: int | None = None,
         find_unused_parameters: bool = False,
         tensorboard: bool = True,
     ) -> None:
         self.dist = dist or DistContext()
         self.device = self.dist.device
-        self.model = model.to(self.device)
+        self.trainable = trainable
+        self.model = trainable.model.to(self.device)
         self.sampler = sampler
         self.optim_cfg = optim
         self.train_cfg = train
-        self.run_dir = Path(run_dir)
-        self.checkpoint_path = self.run_dir / CHECKPOINT_NAME
-        self.loss_fn = loss_fn or _default_loss
-        self.model_state_fn = model_state_fn or (lambda m: m.state_dict())
-        self.load_model_state_fn = load_model_state_fn or _default_load_model_state
+        self.files = files
+        self.checkpoint_path = Path(files.last_checkpoint)
         self.eval_fn = eval_fn
-        self.after_optimizer_step = after_optimizer_step
-        self.extra_state_fn = extra_state_fn
-        self.load_extra_state_fn = load_extra_state_fn
         self.tokens_per_sample = tokens_per_sample
         self.tensorboard = tensorboard
         self.autocast_dtype = resolve_precision(train.precision, self.device)
@@ -159,12 +183,12 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True  # the fp32 parts outside autocast
             torch.backends.cudnn.allow_tf32 = True
 
-        groups = (param_groups or (lambda m: weight_decay_param_groups(m, optim.weight_decay)))(self.model)
+        groups = weight_decay_param_groups(self.model, optim.weight_decay)
         self.optimizer = build_optimizer(groups, optim, fused=True if self.device.type == "cuda" else None)
         self.scheduler = build_scheduler(self.optimizer, optim.lr, optim.warmup_steps, train.steps, optim.min_lr)
         self._params = [p for g in self.optimizer.param_groups for p in g["params"]]
 
-        loss_module: nn.Module = _LossModule(self.model, self.loss_fn)
+        loss_module: nn.Module = _LossModule(self.model, trainable.loss)
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -182,18 +206,19 @@ class Trainer:
 
     # --- checkpoints ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """The full training state of this rank (model part through `model_state_fn`)."""
+        """The full training state of this rank (the model part from `trainable.state_dict()`)."""
         state = {
             "step": self.step,
-            "model": self.model_state_fn(self.model),
+            "model": self.trainable.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "elapsed": self._elapsed(),
             "last_loss": self._last_loss,
             "world_size": self.dist.world_size,
         }
-        if self.extra_state_fn is not None:
-            state["extra"] = self.extra_state_fn()
+        extra = self.trainable.extra_state()
+        if extra:
+            state["extra"] = extra
         return state
 
     def save_checkpoint(self) -> Path:
@@ -216,11 +241,10 @@ class Trainer:
                 f"{self.dist.world_size}; resume with the same number of processes (the per-rank data "
                 "streams cannot be split differently and continue exactly)"
             )
-        self.load_model_state_fn(self.model, state["model"])
+        self.trainable.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        if self.load_extra_state_fn is not None and "extra" in state:
-            self.load_extra_state_fn(state["extra"])
+        self.trainable.load_extra_state(state.get("extra", {}))
         mine = state["rank_states"][self.dist.rank]
         self.sampler.load_state_dict(mine["sampler"])
         restore_rng_state(mine["rng"])
@@ -230,11 +254,11 @@ class Trainer:
         return self.step
 
     def save_model(self, path: str | Path) -> None:
-        """Write the final weights (`model_state_fn(model)`) atomically (rank 0 only)."""
+        """Write the final weights (`trainable.state_dict()`) atomically (rank 0 only)."""
         if self.dist.is_main:
             from dt_eva.utils.io import atomic_torch_save
 
-            atomic_torch_save(self.model_state_fn(self.model), path)
+            atomic_torch_save(self.trainable.state_dict(), path)
         barrier(self.dist)
 
     # --- the loop ---------------------------------------------------------------------------------
@@ -248,7 +272,8 @@ class Trainer:
         if resume and self.checkpoint_path.is_file():
             self.load_checkpoint()
         start_step = self.step
-        logger = MetricsLogger(self.run_dir, start_step, self.tensorboard) if self.dist.is_main else None
+        logger = MetricsLogger(self.files.metrics, self.files.tensorboard if self.tensorboard else None, start_step) \
+            if self.dist.is_main else None
         bar = self._progress_bar(start_step)
         self._session_start = time.perf_counter()
         last_eval: dict[str, float] = {}
@@ -337,8 +362,7 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self._params, max_norm)
         self.optimizer.step()
         self.scheduler.step()
-        if self.after_optimizer_step is not None:
-            self.after_optimizer_step(step)
+        self.trainable.after_step(step)
         return loss.detach().float(), grad_norm.detach(), self._tokens_in(batch)
 
     def _tokens_in(self, batch: Mapping[str, torch.Tensor]) -> int:
@@ -364,6 +388,10 @@ class Trainer:
         # The scheduler has already moved on to the next update; report the rate this one used.
         factor = self.scheduler.lr_lambdas[0](self.step - 1)
         return self.optimizer.param_groups[0]["initial_lr"] * factor
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Run the evaluation callback now (rank 0; eval mode, its own RNG), without logging it."""
+        return self._evaluate(step, None)
 
     def _evaluate(self, step: int, logger: MetricsLogger | None) -> dict[str, float]:
         """Rank 0 runs `eval_fn` in eval mode with its own RNG, so training randomness is unaffected."""

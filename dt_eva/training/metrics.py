@@ -11,23 +11,22 @@ from dt_eva.utils.io import atomic_write_text, read_metrics  # noqa: F401  (re-e
 
 
 class MetricsLogger:
-    """Append-only `metrics.jsonl` + TensorBoard `tb/` writer for one run directory (rank 0 only).
+    """Append-only `metrics.jsonl` + TensorBoard writer (`tensorboard_dir=None`: none) for one run (rank 0 only).
 
     `start_step` > 0 (a resumed run) drops every line and TensorBoard event after that step, so the
     steps a killed run logged past its last checkpoint are not duplicated when they are replayed.
     """
 
-    def __init__(self, run_dir: str | Path, start_step: int = 0, tensorboard: bool = True) -> None:
-        self.run_dir = Path(run_dir)
-        self.path = self.run_dir / "metrics.jsonl"
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: str | Path, tensorboard_dir: str | Path | None, start_step: int = 0) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         truncate_metrics(self.path, start_step)
         self._file = open(self.path, "a", encoding="utf-8")
         self._tb = None
-        if tensorboard:
+        if tensorboard_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=start_step + 1 if start_step else None)
+            self._tb = SummaryWriter(str(tensorboard_dir), purge_step=start_step + 1 if start_step else None)
 
     def log(self, step: int, scalars: Mapping[str, float], tb_prefix: str = "") -> None:
         """Write `{"step": step, **scalars}` as one line and each scalar to TensorBoard."""

@@ -1,0 +1,244 @@
+"""Fine-tuning a pre-trained Decision Transformer on one task with FFT, LoRA-family adapters or AdaLoRA.
+
+`run_finetune(cfg)`:
+1. validates everything (method, task, the pre-training run and its weights, the task's dataset, its
+   dimensions and scales, the rank against every target layer, the run directory), so that a bad
+   call leaves nothing on disk;
+2. for the EVA methods, runs EVA on the task's data (its own sampler);
+3. claims the run directory (lock, marker, config; `eva/` written in one atomic step);
+4. trains the method's `MethodModel` with the shared `Trainer`: checkpoints hold only what trains
+   plus which base it belongs to (pre-training run, SHA-256 of its `model.pt`, its step);
+5. writes `model.pt`, `adapters/`, the final evaluation, `merged_model.pt` (with `export_merged`)
+   and `summary.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dt_eva.config import config_to_dict
+from dt_eva.experiments.common import claim_run, local_batch_size, make_eval_fn, on_main, plan_run
+from dt_eva.experiments.eva_init import load_eva_result, run_eva, save_eva_artifacts
+from dt_eva.methods.model import MethodModel, adalora_ranks, build_method_model, check_rank_fits
+from dt_eva.methods.registry import MethodSpec, resolve_method
+from dt_eva.runs.base import PretrainedBase, load_pretrained_base
+from dt_eva.runs.configs import FinetuneConfig
+from dt_eva.runs.evals import write_eval_record
+from dt_eva.runs.guard import OpenRun
+from dt_eva.runs.layout import RunPaths
+from dt_eva.runs.policy import load_task_dataset, target_returns
+from dt_eva.training import Trainer, TrainResult
+from dt_eva.training.checkpoint import seed_everything
+from dt_eva.training.distributed import DistContext, barrier, init_distributed, rank_seed, shutdown_distributed
+from dt_eva.training.precision import resolve_precision
+from dt_eva.utils.io import atomic_torch_save, atomic_write_json
+
+KIND = "finetune"
+
+
+@dataclass
+class FinetuneSetup:
+    """Everything `run_finetune` builds before training (exposed for tests and custom drivers)."""
+
+    cfg: FinetuneConfig
+    paths: RunPaths
+    task: str
+    spec: MethodSpec
+    base: PretrainedBase
+    dataset: Any
+    method_model: MethodModel
+    trainer: Trainer
+    resume: bool
+    run: OpenRun | None = None
+    eva_result: Any = None
+    eval_results: dict[int, dict] = field(default_factory=dict)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.paths.root
+
+
+def run_finetune(cfg: FinetuneConfig, resume: bool = False, force: bool = False) -> Path:
+    """Fine-tune (or `resume` an interrupted run; `force` replaces an existing one); returns the run dir."""
+    dist = init_distributed(cfg.train.device)
+    try:
+        setup = prepare_finetune(cfg, resume=resume, force=force, dist=dist)
+        try:
+            finish_finetune(setup, setup.trainer.fit(resume=setup.resume))
+        finally:
+            if setup.run is not None:
+                setup.run.close()
+        return setup.run_dir
+    finally:
+        shutdown_distributed(dist)
+
+
+@dataclass
+class Validated:
+    spec: MethodSpec
+    task: str
+    base: PretrainedBase
+    dataset: Any
+
+
+def validate(cfg: FinetuneConfig) -> Validated:
+    """Every check that needs no run directory: method, task, base, dataset, scales, ranks, AdaLoRA budget."""
+    from dt_eva.envs import resolve_task
+    from dt_eva.models import DT_ADAPTER_TARGETS
+
+    spec = resolve_method(cfg.method)
+    task = resolve_task(cfg.task)
+    base = load_pretrained_base(cfg.checkpoint)
+    dataset = load_task_dataset(cfg.data.path, task)
+    want = (base.model_cfg.state_dim, base.model_cfg.act_dim)
+    if (int(dataset.state_dim), int(dataset.act_dim)) != want:
+        raise ValueError(
+            f"dataset {cfg.data.path} has state_dim={dataset.state_dim}, act_dim={dataset.act_dim} but the pre-trained "
+            f"model in {base.run_dir} expects state_dim={want[0]}, act_dim={want[1]}; fine-tune on data of the same "
+            "environment family as the pre-training data"
+        )
+    for key in ("rtg_scale", "reward_scale"):
+        mine, theirs = getattr(cfg.data, key), getattr(base.data, key)
+        if float(mine) != float(theirs):
+            raise ValueError(
+                f"data.{key}={mine:g} differs from the pre-training run's {theirs:g} ({base.run_dir}/config.yaml): the "
+                f"model reads returns and rewards on the scale it was trained with; set data.{key}={theirs:g}"
+            )
+    if spec.uses_rank:
+        rank, what = _largest_rank(cfg, spec)
+        check_rank_fits(base.build(), DT_ADAPTER_TARGETS, rank, what=what)
+    if spec.kind == "adalora":
+        tinit, tfinal = int(cfg.adalora.tinit * cfg.train.steps), int(cfg.adalora.tfinal * cfg.train.steps)
+        if cfg.train.steps <= tinit + tfinal:
+            raise ValueError(
+                f"AdaLoRA with train.steps={cfg.train.steps} leaves no pruning phase after tinit={tinit} and "
+                f"tfinal={tfinal} steps; use more steps or smaller adalora.tinit / adalora.tfinal fractions"
+            )
+    return Validated(spec, task, base, dataset)
+
+
+def _largest_rank(cfg: FinetuneConfig, spec: MethodSpec) -> tuple[int, str]:
+    """The largest rank the method will ask of any single target layer, and how to name it."""
+    if spec.eva:
+        from dt_eva.eva import EvaConfig
+
+        return (EvaConfig(rank=cfg.rank, rho=float(cfg.rho)).num_components,
+                f"EVA's components per layer round(rho * rank) = round({cfg.rho:g} * {cfg.rank})")
+    if spec.kind == "adalora":
+        return adalora_ranks(cfg)[0], "AdaLoRA's initial rank"
+    return cfg.rank, "rank"
+
+
+def prepare_finetune(cfg: FinetuneConfig, resume: bool = False, force: bool = False,
+                     dist: DistContext | None = None) -> FinetuneSetup:
+    """Validate, run EVA if needed, claim the run directory and build the `Trainer` (collective under DDP)."""
+    dist = dist or DistContext(device=torch.device("cpu"))
+    paths = RunPaths(cfg.resolved_run_dir)
+    # 1. validate everything before the disk is touched
+    batch = local_batch_size(cfg.train.batch_size, dist.world_size)
+    v = validate(cfg)
+    plan = plan_run(dist, cfg, paths, KIND, resume, force)
+    # 2. EVA: a failure here leaves nothing behind
+    eva_result = _eva_for_run(cfg, v, paths, dist, reuse=plan == "resume")
+    # 3. the run directory
+    meta = {"task": v.task, "method": v.spec.name, "base": v.base.identity(), "model": config_to_dict(v.base.model_cfg)}
+    run, resuming = claim_run(dist, cfg, paths, KIND, resume, force, meta)
+    if eva_result is not None and not paths.eva.is_dir():
+        extra = {"task": v.task, "method": v.spec.name, "token_types": list(cfg.eva.token_types),
+                 "batch_size": cfg.eva.batch_size}
+        on_main(dist, lambda: str(save_eva_artifacts(eva_result, paths.eva, extra)))
+    # 4. model, sampler, trainer
+    seed_everything(cfg.seed)  # adapter init and dropout streams are reproducible
+    method_model = build_method_model(cfg, v.spec, v.base, eva_result)
+    trainer, eval_results = _build_trainer(cfg, v, method_model, paths, dist, batch)
+    return FinetuneSetup(cfg, paths, v.task, v.spec, v.base, v.dataset, method_model, trainer, resuming, run,
+                         eva_result, eval_results)
+
+
+def _eva_for_run(cfg: FinetuneConfig, v: Validated, paths: RunPaths, dist: DistContext, reuse: bool) -> Any:
+    """The EVA result of the run: computed now, or (resuming) the one the run started with."""
+    if not v.spec.eva:
+        return None
+    if reuse and (paths.eva / "result.json").is_file():
+        return load_eva_result(paths.eva)
+    dtype = resolve_precision(cfg.train.precision, dist.device)
+    return run_eva(cfg, v.spec, v.base, v.dataset, v.task, dist.device, data_seed=rank_seed(cfg.seed, dist.rank),
+                   autocast_dtype=dtype)
+
+
+def _build_trainer(cfg: FinetuneConfig, v: Validated, mm: MethodModel, paths: RunPaths, dist: DistContext,
+                   batch: int) -> tuple[Trainer, dict[int, dict]]:
+    from dt_eva.data import WindowSampler
+
+    seed_everything(rank_seed(cfg.seed, dist.rank))
+    model_cfg = v.base.model_cfg
+    sampler = WindowSampler(v.dataset, model_cfg.context_len, batch, rtg_scale=cfg.data.rtg_scale,
+                            reward_scale=cfg.data.reward_scale, seed=rank_seed(cfg.seed, dist.rank), tasks=[v.task])
+    train_cfg = cfg.train
+    if train_cfg.eval_episodes > 0 and train_cfg.eval_every == 0:
+        # evaluate once, at the last step, through the loop: metrics.jsonl and TensorBoard get it too
+        train_cfg = dataclasses.replace(train_cfg, eval_every=train_cfg.steps)
+    eval_results: dict[int, dict] = {}
+    eval_fn = None
+    if train_cfg.eval_every > 0 and train_cfg.eval_episodes > 0 and dist.is_main:
+        targets = target_returns(v.dataset, [v.task])
+        eval_fn = make_eval_fn([v.task], targets, cfg.data, cfg.train.eval_episodes, cfg.seed, dist.device,
+                               eval_results)
+    trainer = Trainer(
+        mm, sampler, cfg.optim, train_cfg, paths, dist=dist, eval_fn=eval_fn,
+        tokens_per_sample=model_cfg.context_len * model_cfg.tokens_per_step,
+        # frozen base weights do not require grad, so DDP ignores them; every trained tensor is in the loss
+        find_unused_parameters=False,
+    )
+    return trainer, eval_results
+
+
+def finish_finetune(setup: FinetuneSetup, result: TrainResult) -> dict:
+    """Write `model.pt`, `adapters/`, the final evaluation, `merged_model.pt` (if asked) and `summary.json`."""
+    trainer, cfg, paths, mm = setup.trainer, setup.cfg, setup.paths, setup.method_model
+    finished_before = result.start_step == result.steps and paths.summary.is_file()
+    summary: dict[str, Any] = {}
+    if trainer.dist.is_main:
+        if not finished_before:
+            trainer.save_model(paths.model)
+            if mm.spec.kind == "adapter":
+                from dt_eva.adapters import save_adapters
+
+                save_adapters(mm.model, paths.adapters)
+        if cfg.export_merged and not paths.merged_model.is_file():
+            atomic_torch_save(mm.merged_state_dict(), paths.merged_model)
+        final_eval = setup.eval_results.get(result.steps)
+        if final_eval is None and trainer.eval_fn is not None and not paths.eval.is_file():
+            trainer.evaluate(result.steps)  # killed after its last checkpoint, before the evaluation
+            final_eval = setup.eval_results.get(result.steps)
+        if final_eval is not None:
+            write_eval_record(paths.root, final_eval)
+        if finished_before:
+            summary = json.loads(paths.summary.read_text(encoding="utf-8"))
+        else:
+            summary = _summary(setup, result, final_eval)
+        atomic_write_json(paths.summary, summary)
+    barrier(trainer.dist)
+    return summary
+
+
+def _summary(setup: FinetuneSetup, result: TrainResult, final_eval: dict | None) -> dict[str, Any]:
+    cfg, mm = setup.cfg, setup.method_model
+    ranks = mm.ranks()
+    return {
+        "kind": KIND, "name": cfg.resolved_name, "steps": result.steps, "final_loss": result.final_loss,
+        "seconds": result.seconds, "task": setup.task, "method": mm.spec.name, "rank": cfg.rank, "rho": cfg.rho,
+        "alpha": cfg.alpha, "seed": cfg.seed, "trainable_params": mm.trainable_parameters(),
+        "total_params": sum(p.numel() for p in mm.model.parameters()), "adapter_ranks": ranks,
+        "total_rank": int(sum(ranks.values())),
+        "eva_init_seconds": float(setup.eva_result.seconds) if setup.eva_result is not None else None,
+        "lr": cfg.optim.lr, "tokens_per_s": result.tokens_per_s, "world_size": result.world_size,
+        "device": str(setup.trainer.device), "precision": result.precision, "pretrain": setup.base.identity(),
+        "eval": (final_eval or {}).get("mean"), "resumed_from_step": result.start_step or None,
+    }

@@ -1,0 +1,158 @@
+"""EVA on a Decision Transformer: which tokens feed each layer's SVD, and where the batches come from.
+
+`compute_dt_eva` runs `dt_eva.eva.compute_eva` on a DT with windows of the fine-tuning task. The
+token types that enter the SVD are chosen through the model's `token_mask`; the batches come from a
+sampler of their own, so the training batch stream is the same with and without EVA. Two seeds:
+`seed` is EVA's own (its random projections; equal on every process), `data_seed` picks the windows
+(different per process under DDP, so every rank contributes different data).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+from torch import nn
+
+# Offset added to the data seed for the EVA sampler; any constant works as long as it differs from
+# the training sampler's seed, so the two streams are independent.
+EVA_SEED_OFFSET = 7919
+
+def dt_forward(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """EVA's `forward_fn` for a DT: a plain forward pass on a `WindowSampler` batch."""
+    return model(
+        batch["states"], batch["actions"], batch["returns_to_go"], batch["timesteps"], batch.get("rewards")
+    )
+
+
+def eva_batches(sampler: Any, num_batches: int, device: torch.device | str) -> Iterator[dict[str, torch.Tensor]]:
+    """Yield `num_batches` batches from `sampler`, moved to `device` (lazily: no batch is kept)."""
+    for _ in range(num_batches):
+        yield {key: value.to(device) for key, value in sampler.sample().items()}
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run with dropout off (EVA must see the deterministic activations), then restore the mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def compute_dt_eva(
+    model: nn.Module,
+    dataset: Any,
+    task: str,
+    *,
+    rank: int,
+    rho: float,
+    token_types: Sequence[str],
+    batch_size: int,
+    tau: float,
+    max_batches: int,
+    seed: int,
+    data_seed: int | None = None,
+    whiten: bool = False,
+    target_modules: Sequence[str] | None = None,
+    rtg_scale: float = 200.0,
+    reward_scale: float = 200.0,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    autocast_dtype: torch.dtype | None = None,
+) -> Any:
+    """Run EVA on a Decision Transformer with windows of `task` from `dataset`; returns an `EvaResult`.
+
+    Only the tokens of `token_types` (`"state"`, `"rtg"`, `"action"`, `"reward"`) enter each
+    layer's SVD. Batches come from a `WindowSampler` seeded with `data_seed + EVA_SEED_OFFSET`
+    (`data_seed` defaults to `seed`), separate from the training sampler. `autocast_dtype` (e.g.
+    `torch.bfloat16`) runs the forward passes under autocast; the SVD itself stays fp32.
+    """
+    from dt_eva.data import WindowSampler
+    from dt_eva.eva import EvaConfig, compute_eva
+    from dt_eva.models import DT_ADAPTER_TARGETS
+
+    types = [str(t) for t in token_types]
+    if not types:
+        raise ValueError("eva.token_types is empty; choose some of state, rtg, action, reward")
+    targets = list(target_modules if target_modules is not None else DT_ADAPTER_TARGETS)
+    config = EvaConfig(
+        rank=rank, rho=float(rho), tau=float(tau), whiten=whiten, max_batches=max_batches, seed=seed,
+        progress=progress,
+    )
+    # token_mask validates the types against the model's layout up front, before any forward pass
+    probe = {"states": torch.zeros(1, 1, model.cfg.state_dim)}
+    model.token_mask(probe, types)
+    sampler = WindowSampler(
+        dataset, context_len=model.cfg.context_len, batch_size=batch_size, rtg_scale=rtg_scale,
+        reward_scale=reward_scale, seed=(seed if data_seed is None else data_seed) + EVA_SEED_OFFSET, tasks=[task],
+    )
+    with eval_mode(model):
+        return compute_eva(
+            model,
+            eva_batches(sampler, max_batches, device),
+            config,
+            target_modules=targets,
+            forward_fn=dt_forward if autocast_dtype is None else _autocast_forward(autocast_dtype),
+            token_mask_fn=lambda batch: model.token_mask(batch, types),
+        )
+
+
+def eva_summary(result: Any, target_modules: Sequence[str] | None = None) -> dict[str, Any]:
+    """JSON-ready summary of an `EvaResult`: ranks per module and as a layer x module table,
+    explained variance, convergence, batches and seconds."""
+    layers, modules, grid = rank_grid(result.ranks)
+    evr = {name: [float(v) for v in torch.as_tensor(t).flatten()] for name, t in result.explained_variance_ratio.items()}
+    return {
+        "ranks": {name: int(r) for name, r in result.ranks.items()},
+        "total_rank": int(sum(result.ranks.values())),
+        "rank_table": {"layers": layers, "modules": modules, "ranks": grid},
+        "explained_variance_ratio": evr,
+        "explained_variance_kept": {
+            name: float(sum(evr[name][: int(result.ranks[name])])) for name in result.ranks if name in evr
+        },
+        "converged": {name: bool(c) for name, c in result.converged.items()},
+        "num_batches": int(result.num_batches),
+        "init_seconds": float(result.seconds),
+    }
+
+
+
+
+def _autocast_forward(dtype: torch.dtype):
+    def forward(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        device_type = next(model.parameters()).device.type
+        with torch.autocast(device_type, dtype=dtype):
+            return dt_forward(model, batch)
+
+    return forward
+
+
+# The first dotted integer in a module name is its layer index: "blocks.3.attn.qkv" -> layer 3,
+# module "attn.qkv"; "encoder.layer.11.attention.self.query" -> layer 11, module "attention.self.query".
+_LAYER_RE = re.compile(r"^(?P<prefix>.*?)(?:^|\.)(?P<layer>\d+)\.(?P<module>.+)$")
+
+
+def rank_grid(ranks: Mapping[str, int]) -> tuple[list[int], list[str], list[list[int | None]]]:
+    """Arrange a rank map into `(layers, modules, grid)` with `grid[i][j]` the rank of
+    layer `layers[i]`, module `modules[j]` (`None` where the model has no such module).
+
+    Names without a layer index are put on their own row labelled -1 (shown as "-").
+    Module columns keep the order of first appearance, which for `named_modules()` order is the
+    order of the forward pass.
+    """
+    cells: dict[tuple[int, str], int] = {}
+    modules: list[str] = []
+    for name, rank in ranks.items():
+        match = _LAYER_RE.match(name)
+        layer, module = (int(match["layer"]), match["module"]) if match else (-1, name)
+        if module not in modules:
+            modules.append(module)
+        cells[(layer, module)] = int(rank)
+    layers = sorted({layer for layer, _ in cells})
+    grid = [[cells.get((layer, module)) for module in modules] for layer in layers]
+    return layers, modules, grid

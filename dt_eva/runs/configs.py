@@ -1,0 +1,195 @@
+"""The configs of the two kinds of run: the schema of a run directory's `config.yaml`.
+
+`PretrainConfig` (`dt-eva pretrain`, presets `configs/pretrain/*.yaml`) and `FinetuneConfig`
+(`dt-eva finetune`, presets `configs/finetune/*.yaml`). They live with the run directory because
+loading any run (`load_run_model`) needs them, and no experiment code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from dt_eva.methods.registry import resolve_method
+from dt_eva.models.config import DTConfig
+from dt_eva.runs.guard import check_run_name
+from dt_eva.training.configs import DataConfig, OptimConfig, TrainConfig
+
+TOKEN_TYPE_NAMES = ("state", "rtg", "action", "reward")
+
+
+@dataclass
+class PretrainConfig:
+    """A pre-training run; the YAML presets are `configs/pretrain/{tiny,paper}.yaml`."""
+
+    name: str = "pretrain"
+    run_dir: str = ""  # the run directory; "" = runs/<name>
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: DTConfig = field(default_factory=DTConfig.paper)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if not self.run_dir:
+            check_run_name(self.name)
+
+    @property
+    def resolved_run_dir(self) -> Path:
+        """`run_dir`, else `runs/<name>`."""
+        return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
+
+
+
+@dataclass
+class EvaSettings:
+    """How EVA reads the fine-tuning task's data.
+
+    token_types: which tokens' activations enter each layer's SVD (state, rtg, action, reward).
+    batch_size:  windows per EVA batch; each contributes context_len x len(token_types) rows.
+    tau:         convergence threshold on the cosine of successive component estimates.
+    max_batches: cap on EVA batches (hitting it warns and keeps the latest estimates).
+    adjust_alpha: scale each layer's alpha by rank_i / rank so alpha / rank stays uniform.
+    """
+
+    token_types: list[str] = field(default_factory=lambda: list(TOKEN_TYPE_NAMES))
+    batch_size: int = 16
+    tau: float = 0.99
+    max_batches: int = 100
+    adjust_alpha: bool = False
+
+    def __post_init__(self) -> None:
+        unknown = [t for t in self.token_types if t not in TOKEN_TYPE_NAMES]
+        if unknown or not self.token_types:
+            raise ValueError(
+                f"eva.token_types {self.token_types!r} must be a non-empty list out of {list(TOKEN_TYPE_NAMES)}"
+            )
+        if self.batch_size < 1:
+            raise ValueError(f"eva.batch_size must be >= 1, got {self.batch_size}")
+        if self.max_batches < 1:
+            raise ValueError(f"eva.max_batches must be >= 1, got {self.max_batches}")
+        if not 0.0 <= self.tau <= 1.0:
+            raise ValueError(f"eva.tau must be in [0, 1], got {self.tau}")
+
+
+@dataclass
+class AdaLoraSettings:
+    """AdaLoRA (through PEFT): start every target at `init_rank` and prune to `rank` on average.
+
+    init_rank: 0 = ceil(1.5 * rank) (PEFT's default ratio 12 : 8).
+    tinit / tfinal: fractions of `train.steps` before pruning starts / after the budget is final.
+    """
+
+    init_rank: int = 0
+    tinit: float = 0.1
+    tfinal: float = 0.2
+    delta_t: int = 10
+    orth_reg_weight: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.init_rank < 0:
+            raise ValueError(f"adalora.init_rank must be >= 0 (0 = 1.5 x rank), got {self.init_rank}")
+        if not (0 <= self.tinit < 1 and 0 <= self.tfinal < 1 and self.tinit + self.tfinal < 1):
+            raise ValueError(
+                f"adalora.tinit ({self.tinit}) and adalora.tfinal ({self.tfinal}) are fractions of train.steps "
+                "in [0, 1) that must leave room for pruning (tinit + tfinal < 1)"
+            )
+        if self.delta_t < 1:
+            raise ValueError(f"adalora.delta_t must be >= 1, got {self.delta_t}")
+
+
+@dataclass
+class FinetuneTrainConfig(TrainConfig):
+    """`TrainConfig` with fine-tuning defaults; `eval_episodes=0` skips the final online evaluation.
+
+    `eval_tasks` is ignored: a fine-tuning run is evaluated on its own task.
+    """
+
+    steps: int = 100_000
+    eval_episodes: int = 30
+
+    def __post_init__(self) -> None:
+        if self.eval_episodes < 0:
+            raise ValueError(f"train.eval_episodes must be >= 0 (0 = no evaluation), got {self.eval_episodes}")
+        episodes = self.eval_episodes
+        self.eval_episodes = max(episodes, 1)  # TrainConfig requires >= 1; 0 is our "skip"
+        try:
+            super().__post_init__()
+        finally:
+            self.eval_episodes = episodes
+
+
+def _cw10_data() -> DataConfig:
+    return DataConfig(path="data/cw10", tasks=None)
+
+
+@dataclass
+class FinetuneConfig:
+    """A fine-tuning run; presets `configs/finetune/{tiny,paper}.yaml`.
+
+    checkpoint: the pre-training run directory. task: a Meta-World task (`hammer` or `hammer-v3`).
+    method: one of `METHODS` (fft, lora, dora, eva, eva_dora, pissa, olora, adalora, lora_redist,
+    eva_whiten). rank / rho: LoRA rank and EVA's redistribution factor. alpha: LoRA alpha (the
+    paper uses 1). adapter_dropout: dropout on adapter inputs. dropout: the DT's dropout while
+    fine-tuning (null keeps the pre-trained model's). name / run_dir: "" derive them from the
+    pre-training run, task, method, rank and seed. export_merged: also write `merged_model.pt`.
+    """
+
+    checkpoint: str = ""
+    task: str = "hammer"
+    method: str = "eva"
+    rank: int = 8
+    rho: float = 2.0
+    alpha: float = 1.0
+    adapter_dropout: float = 0.0
+    dropout: Optional[float] = None
+    eva: EvaSettings = field(default_factory=EvaSettings)
+    adalora: AdaLoraSettings = field(default_factory=AdaLoraSettings)
+    name: str = ""
+    run_dir: str = ""
+    seed: int = 0
+    export_merged: bool = False
+    data: DataConfig = field(default_factory=_cw10_data)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: FinetuneTrainConfig = field(default_factory=FinetuneTrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ValueError(f"rank must be >= 1, got {self.rank}")
+        if not self.rho >= 1:
+            raise ValueError(f"rho must be >= 1 (1 keeps EVA's ranks uniform), got {self.rho}")
+        if self.alpha <= 0:
+            raise ValueError(f"alpha must be > 0, got {self.alpha}")
+        if not 0.0 <= self.adapter_dropout < 1.0:
+            raise ValueError(f"adapter_dropout must be in [0, 1), got {self.adapter_dropout}")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1) or null, got {self.dropout}")
+        if self.name:
+            check_run_name(self.name)
+        if self.data.tasks:
+            raise ValueError(f"data.tasks={self.data.tasks!r} has no effect in fine-tuning: the run trains on task= "
+                             "only; remove data.tasks (or set it to null)")
+        if self.train.eval_tasks:
+            raise ValueError(f"train.eval_tasks={self.train.eval_tasks!r} has no effect in fine-tuning: the run is "
+                             "evaluated on its task=; remove train.eval_tasks")
+
+    def default_name(self) -> str:
+        """`<pretrain run>-<task>-<method>-r<rank>[-rho<rho>]-s<seed>`."""
+        from dt_eva.envs import resolve_task, short_name
+
+        spec = resolve_method(self.method)
+        base = Path(self.checkpoint).name or "pretrain"
+        rho = f"-rho{self.rho:g}" if spec.eva else ""
+        return f"{base}-{short_name(resolve_task(self.task))}-{spec.name}-r{self.rank}{rho}-s{self.seed}"
+
+    @property
+    def resolved_name(self) -> str:
+        return self.name or self.default_name()
+
+    @property
+    def resolved_run_dir(self) -> Path:
+        """`run_dir`, else `<directory of the pre-training run>/<name>` (fine-tuning runs sit next to it)."""
+        if self.run_dir:
+            return Path(self.run_dir)
+        return Path(self.checkpoint).parent / self.resolved_name

@@ -1,0 +1,86 @@
+"""The marker that makes a directory a dt-eva run: `meta.json` with the package's name, the run's
+kind and a run id. Only a marked directory is ever resumed into, replaced or cleared.
+
+Runs written by dt-eva 0.1.0 carry no `package` / `run_id`; their `meta.json` names dt-eva in its
+recorded library versions, which marks them as ours too.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from dt_eva.runs.layout import KINDS, META, PACKAGE
+from dt_eva.utils.io import atomic_write_json
+from dt_eva.utils.versions import library_versions
+
+
+def read_meta(run_dir: str | Path) -> dict[str, Any] | None:
+    """The run's `meta.json` as a dict; None when there is none; `ValueError` when it is damaged."""
+    path = Path(run_dir) / META
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not readable JSON ({e}); the run directory is damaged") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} does not hold a JSON object; the run directory is damaged")
+    return meta
+
+
+def is_marked(meta: dict[str, Any] | None) -> bool:
+    """True for the `meta.json` of a dt-eva run (this version's marker or dt-eva 0.1.0's)."""
+    if not meta or meta.get("kind") not in KINDS:
+        return False
+    if meta.get("package") == PACKAGE and meta.get("run_id"):
+        return True
+    versions = meta.get("versions")
+    return isinstance(versions, dict) and PACKAGE in versions  # dt-eva 0.1.0
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """True when `path` is a directory that dt-eva marked as one of its runs."""
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    try:
+        return is_marked(read_meta(path))
+    except ValueError:
+        return False
+
+
+def run_kind(run_dir: str | Path) -> str:
+    """"pretrain" or "finetune"; a directory that is not a marked run is a `ValueError` naming it."""
+    meta = read_meta(run_dir)
+    if not is_marked(meta):
+        raise ValueError(
+            f"{run_dir} is not a dt-eva run directory (no meta.json written by dt-eva); pass a directory made by "
+            "`dt-eva pretrain` or `dt-eva finetune`"
+        )
+    return str(meta["kind"])  # type: ignore[index]
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def write_meta(run_dir: str | Path, kind: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Mark `run_dir` as a run (new `meta.json`), or record a resume in the existing one."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown run kind {kind!r}; expected one of {KINDS}")
+    meta = read_meta(run_dir)
+    if meta is None:
+        meta = {"package": PACKAGE, "kind": kind, "run_id": uuid.uuid4().hex, "versions": library_versions(),
+                "command": list(sys.argv), "created": _now()}
+    else:
+        meta.setdefault("package", PACKAGE)
+        meta.setdefault("run_id", uuid.uuid4().hex)  # a dt-eva 0.1.0 run gets its id when resumed
+        meta.setdefault("resumed", []).append({"at": _now(), "command": list(sys.argv), "versions": library_versions()})
+    meta.update(extra or {})
+    atomic_write_json(Path(run_dir) / META, meta)
+    return meta
