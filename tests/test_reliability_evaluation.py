@@ -79,6 +79,22 @@ def evaluate(run: Path, *extra: str) -> int:
     return main(["evaluate", "--run", str(run), "--no-progress", *extra])
 
 
+@pytest.fixture()
+def rollouts(monkeypatch) -> list:
+    """Records every call of `evaluate_policy` from `evaluate_run` (and still runs it)."""
+    import dt_eva.evaluation.run_eval as run_eval
+
+    calls: list = []
+    real = run_eval.evaluate_policy
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("episodes"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(run_eval, "evaluate_policy", counting)
+    return calls
+
+
 def table_line(markdown: str, label: str) -> str:
     return next(line for line in markdown.splitlines() if line.startswith(f"| {label} |"))
 
@@ -88,8 +104,6 @@ def table_line(markdown: str, label: str) -> str:
 
 @pytest.mark.slow
 def test_smoke_evaluation_keeps_the_larger_one_and_the_report_uses_it(legacy, capsys):
-    from dt_eva.runs.evals import read_eval_records
-
     run = legacy / "runs" / "ft-eva"
     old_eval = json.loads((run / "eval.json").read_text())  # dt-eva 0.1.0: 1 episode, seed 0
     assert evaluate(run, "--episodes", "2", "--seed", "1") == 0
@@ -99,6 +113,8 @@ def test_smoke_evaluation_keeps_the_larger_one_and_the_report_uses_it(legacy, ca
 
     kept = json.loads((run / "eval.json").read_text())
     assert kept["episodes"] == 2 and kept["seed"] == 1
+    from dt_eva.runs.evals import read_eval_records
+
     records = {r["key"].split("-")[0] + "-" + r["key"].split("-")[1]: r for r in read_eval_records(run)}
     assert set(records) == {"ep1-seed0", "ep2-seed1", "ep1-seed5"}
     assert records["ep1-seed0"]["result"] == old_eval  # the 0.1.0 evaluation was kept, not replaced
@@ -169,28 +185,28 @@ def test_eval_json_holds_the_largest_evaluation_ties_go_to_the_newest(tmp_path):
 # --- item 8: file-system errors are clear, before the work; finished rollouts are never lost -------------
 
 
-def test_evaluate_into_a_read_only_run_fails_before_any_rollout(legacy, capsys):
+def test_evaluate_into_a_read_only_run_fails_before_any_rollout(legacy, capsys, rollouts):
     run = legacy / "runs" / "ft-eva"
     with read_only(run):
         code = evaluate(run, "--episodes", "1")
-    captured = capsys.readouterr()
     assert code == 1
-    assert f"cannot write the run directory {run}" in captured.err and "ermission denied" in captured.err
-    assert "success_any" not in captured.out  # no rollout ran
+    assert rollouts == []
+    err = capsys.readouterr().err
+    assert f"cannot write the run directory {run}" in err and "ermission denied" in err
     assert not (run / "evals").exists()
 
 
-def test_evaluate_refuses_an_evals_path_that_is_not_a_folder(legacy, capsys):
+def test_evaluate_refuses_an_evals_path_that_is_not_a_folder(legacy, capsys, rollouts):
     run = legacy / "runs" / "ft-eva"
     (run / "evals").write_text("not a folder")
     assert evaluate(run, "--episodes", "1") == 1
+    assert rollouts == []
     assert f"{run / 'evals'} is a file, not a folder" in capsys.readouterr().err
 
 
 @pytest.mark.slow
-def test_evaluate_saves_finished_rollouts_elsewhere_when_the_run_cannot_take_them(legacy, capsys, monkeypatch):
-    from dt_eva.runs.evals import best_eval
-
+def test_evaluate_saves_finished_rollouts_elsewhere_when_the_run_cannot_take_them(legacy, capsys, monkeypatch,
+                                                                                  rollouts):
     run = legacy / "runs" / "ft-eva"
     real_replace = os.replace
 
@@ -201,6 +217,7 @@ def test_evaluate_saves_finished_rollouts_elsewhere_when_the_run_cannot_take_the
 
     monkeypatch.setattr(os, "replace", disk_full_in_run)
     assert evaluate(run, "--episodes", "2") == 1
+    assert rollouts == [2]
     err = capsys.readouterr().err
     monkeypatch.setattr(os, "replace", real_replace)
     assert "No space left on device" in err and "finished rollouts are saved in" in err
@@ -211,6 +228,8 @@ def test_evaluate_saves_finished_rollouts_elsewhere_when_the_run_cannot_take_the
     # the error says where the file belongs; put there, the run has its evaluation
     target = Path(re.search(r"move that file to (\S+\.json)", err).group(1))
     assert target.parent == run / "evals"
+    from dt_eva.runs.evals import best_eval
+
     target.parent.mkdir(exist_ok=True)
     shutil.move(fallback, target)
     assert best_eval(run)["result"] == saved["result"]
@@ -218,7 +237,7 @@ def test_evaluate_saves_finished_rollouts_elsewhere_when_the_run_cannot_take_the
 
 def test_collect_into_a_read_only_folder_fails_before_any_rollout(legacy, capsys):
     with read_only(legacy):
-        code = main(["collect", "--tasks", "reach", "--episodes", "1", "--out", str(legacy / "new-data"),
+        code = main(["collect", "--tasks", "reach", "--episodes", "1", "--noise", "0", "--out", str(legacy / "new-data"),
                      "--workers", "1", "--no-progress"])
     err = capsys.readouterr().err
     assert code == 1
@@ -239,31 +258,24 @@ def test_report_into_a_read_only_folder_is_a_clear_error(legacy, capsys):
 # --- item 9: bad devices are clear errors before any work -------------------------------------------------
 
 
-def test_evaluate_bad_device_is_a_clear_error(legacy, capsys):
+def test_evaluate_bad_device_is_a_clear_error(legacy, capsys, rollouts):
     run = legacy / "runs" / "ft-eva"
     assert evaluate(run, "--device", "banana") == 1
     assert "--device 'banana' is not a torch device; use cpu, cuda" in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert evaluate(run, "--device", "cuda") == 1
         assert "--device 'cuda' but CUDA is not available in this torch" in capsys.readouterr().err
-    assert not (run / "evals").exists()
+    assert rollouts == [] and not (run / "evals").exists()
 
 
 # --- item 10: one bad file never aborts the report; the report folder is written atomically ---------------
 
 
 def test_bad_metrics_lines_are_skipped_with_a_warning_naming_file_and_line(legacy, capsys):
-    from dt_eva.utils.io import read_metrics
-
     metrics = legacy / "runs" / "ft-eva" / "metrics.jsonl"
     good = metrics.read_bytes()  # two records, steps 2 and 4
     metrics.write_bytes(good + b'{"step": 5, "loss": \xff\xfe}\n' + b"{not json\n" + b'{"step": "6", "loss": 0.1}\n'
                         + b'{"step": 8, "loss": 0.125}\n' + b'{"step": 9, "lo')  # last: torn by a kill
-    problems: list[str] = []
-    records = read_metrics(metrics, problems)
-    assert [r["step"] for r in records] == [2, 4, 8]
-    assert [p.split(": ")[0] for p in problems] == [f"{metrics} line {n}" for n in (3, 4, 5, 7)]
-    assert "not UTF-8" in problems[0] and "not valid JSON" in problems[1] and "'6' is not an integer" in problems[2]
 
     out = legacy / "report"
     assert main(["report", str(legacy / "runs"), "--out", str(out)]) == 0
@@ -272,6 +284,14 @@ def test_bad_metrics_lines_are_skipped_with_a_warning_naming_file_and_line(legac
         assert f"warning: {metrics} line {n}: " in printed
     assert (out / "curves" / "finetune-hammer.png").read_bytes()[:4] == b"\x89PNG"
     assert f"{metrics} line 3" in (out / "report.md").read_text()
+
+    from dt_eva.utils.io import read_metrics
+
+    problems: list[str] = []
+    records = read_metrics(metrics, problems)
+    assert [r["step"] for r in records] == [2, 4, 8]
+    assert [p.split(": ")[0] for p in problems] == [f"{metrics} line {n}" for n in (3, 4, 5, 7)]
+    assert "not UTF-8" in problems[0] and "not valid JSON" in problems[1] and "'6' is not an integer" in problems[2]
 
 
 def test_corrupt_summary_is_reported_as_corrupt_not_missing(legacy, capsys):
