@@ -15,17 +15,11 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
+import errno  # noqa: E402
 import importlib  # noqa: E402
 import sys  # noqa: E402
 
-COMMANDS = {
-    "collect": "Generate a Meta-World dataset with scripted expert policies plus action noise.",
-    "pretrain": "Pre-train a Decision Transformer (default: on MT40).",
-    "finetune": "Fine-tune a pre-trained DT on one CW10 task (fft, lora, dora, eva, eva_dora, ...).",
-    "evaluate": "Online Meta-World rollouts of a run's model; success rates per task.",
-    "report": "Tables (paper Table 6 / 19 layout) and plots from run directories.",
-    "demo": "The whole pipeline at tiny scale: collect, pretrain, finetune LoRA vs EVA, evaluate.",
-}
+COMMANDS = ("collect", "pretrain", "finetune", "evaluate", "report", "demo")
 
 
 class UserError(Exception):
@@ -33,34 +27,73 @@ class UserError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    return _build_parsers()[0]
+
+
+def _build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The `dt-eva` parser and each command's parser; a command's help text is its module's `HELP`."""
     from dt_eva import __version__
 
     parser = argparse.ArgumentParser(prog="dt-eva", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"dt-eva {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, help_text in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+    commands = {}
+    for name in COMMANDS:
         module = importlib.import_module(f"dt_eva.commands.{name}")
-        module.add_arguments(p)
-        p.set_defaults(_module=module)
-    return parser
+        commands[name] = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(commands[name])
+        commands[name].set_defaults(_module=module)
+    return parser, commands
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse a command line; a command's `key=value` overrides may stand before, between or after flags."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser, commands = _build_parsers()
+    if not argv or argv[0] not in commands:  # --help, --version, no or an unknown command
+        return parser.parse_args(argv)
+    sub = commands[argv[0]]
+    # argparse fills a positional list once, so `a=1 --resume b=2` needs the intermixed parse
+    args, unknown = sub.parse_known_intermixed_args(argv[1:])
+    args.command = argv[0]
+    overrides = getattr(args, "overrides", None)
+    if overrides is None:  # a command without config overrides
+        strays, what = unknown, "a flag of this command"
+    else:  # the words after an unknown flag come back with it (its value, overrides): name the culprits
+        strays = [a for a in unknown if a.startswith("-")] + [a for a in overrides if "=" not in a] or unknown
+        what = "a flag of this command or a key=value config override"
+    if strays:
+        sub.error(f"{' '.join(strays)}: not {what} (see dt-eva {argv[0]} --help)")
+    return args
+
+
+def _user_message(error: BaseException) -> str | None:
+    """The message to print for an error the user can fix, or None for a bug (which keeps its traceback)."""
+    if isinstance(error, OSError) and error.filename is not None:  # read-only folder, disk full, ...
+        return f"{error.filename}: {error.strerror or error}"
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):  # a write names no path
+        return str(error.strerror or error)
+    if isinstance(error, (UserError, ValueError, FileNotFoundError, PermissionError)):
+        return str(error)
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     if args.command is None:
-        parser.print_help()
+        build_parser().print_help()
         return 2
     try:
         return int(args._module.run(args) or 0)
-    except (UserError, ValueError, FileNotFoundError, KeyError) as e:  # user-facing errors: no traceback
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"dt-eva {args.command}: error: {msg}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print(f"\ndt-eva {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        message = _user_message(e)
+        if message is None:
+            raise
+        print(f"dt-eva {args.command}: error: {message}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ import yaml
 
 from dt_eva.config import config_diff, config_to_dict, load_config, parse_override, save_config
 from dt_eva.models import DTConfig
-from dt_eva.training import OptimConfig, PretrainConfig
+from dt_eva.runs.configs import PretrainConfig
+from dt_eva.training import OptimConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,6 +41,12 @@ def write(tmp_path: Path, data: dict) -> Path:
     return path
 
 
+def _yaml(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "text.yaml"
+    path.write_text(text)
+    return path
+
+
 def test_yaml_then_overrides_with_type_conversion(tmp_path):
     path = write(tmp_path, {"name": "run", "inner": {"rate": "1e-4"}, "items": ["a"]})
     cfg = load_config(Outer, path, ["inner.tag=hello", "pair=[1, 2.5]", "items=b,c", "either=[3,4]", "flag=true"])
@@ -65,8 +72,8 @@ def test_later_overrides_win_and_null_for_optional():
         ("nope=1", ["nope", "name", "inner", "items"]),
         ("inner.width=abc", ["inner.width", "int", "abc"]),
         ("inner.width=2.5", ["inner.width", "int", "2.5"]),
-        ("flag=1", ["flag", "bool", "1"]),
-        ("pair=[1]", ["pair", "2 values"]),
+        ("flag=maybe", ["flag", "bool", "maybe"]),  # OmegaConf reads 1/0, yes/no, on/off as bools
+        ("pair=[1]", ["pair", "tuple[float, float]", "[1]"]),
         ("mode=c", ["mode", "'a'", "'b'", "'c'"]),
         ("name.sub=1", ["name.sub", "not a section"]),
         ("just-a-word", ["key=value"]),
@@ -131,3 +138,103 @@ def test_preset_eval_tasks_are_pretraining_tasks(preset):
 
     cfg = load_config(PretrainConfig, REPO / f"configs/pretrain/{preset}.yaml")
     assert cfg.train.eval_tasks and set(resolve_tasks(cfg.train.eval_tasks)) <= set(MT40)
+
+
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("name=exp #2", "exp #2"),  # YAML would have dropped ' #2' as a comment
+        ("name=#2", "#2"),
+        ("name=a#b", "a#b"),
+        ("tags=['a #b', c]", ["a #b", "c"]),  # a quoted '#' in a list is kept
+        ("n=3", 3),
+        ("lr=1e-4", 1e-4),  # PyYAML alone reads this as a string
+        ("steps=1e6", 1_000_000),
+        ("steps=1.5e3", 1500),
+        ("x=2.5", 2.5),
+        ("flag=true", True),
+        ("run_dir=null", None),
+        ("tasks=[a, b]", ["a", "b"]),
+    ],
+)
+def test_override_values_lose_nothing(text, value):
+    key, parsed = parse_override(text)
+    assert parsed == value and type(parsed) is type(value)
+
+
+def test_a_comment_after_a_list_override_is_refused():
+    with pytest.raises(ValueError, match="quote the item"):
+        parse_override("tasks=[a, b] #c")
+
+
+def test_exponent_numbers_in_yaml_files(tmp_path):
+    cfg = load_config(Outer, _yaml(tmp_path, "inner: {width: 2e3, rate: 5e-1}"))
+    assert (cfg.inner.width, cfg.inner.rate) == (2000, 0.5)
+
+
+def test_a_section_given_as_a_mapping_override_layers_over_its_default():
+    cfg = load_config(Outer, None, ["inner={rate: 0.25}"])
+    assert cfg.inner == Inner(width=8, rate=0.25)
+
+
+def test_interpolation_is_resolved_before_the_dataclass_is_built():
+    cfg = load_config(PretrainConfig, None, ["seed=3", "name=run-s${seed}"])
+    assert cfg.name == "run-s3"
+
+
+@pytest.mark.parametrize(
+    "spelling, value, tasks",
+    [
+        ("mt40", "mt40", 40),
+        ("hammer,push", "hammer,push", ["hammer-v3", "push-v3"]),
+        ("[hammer, push]", ["hammer", "push"], ["hammer-v3", "push-v3"]),
+        ("null", None, None),
+    ],
+)
+def test_data_tasks_keeps_every_old_spelling(tmp_path, spelling, value, tasks):
+    from dt_eva.envs import resolve_tasks
+
+    from_override = load_config(PretrainConfig, None, [f"data.tasks={spelling}"])
+    from_yaml = load_config(PretrainConfig, _yaml(tmp_path, f"data:\n  tasks: {spelling}\n"))
+    assert from_override.data.tasks == from_yaml.data.tasks == value
+    if tasks is None:
+        return
+    resolved = resolve_tasks(from_override.data.tasks)
+    assert resolved == tasks if isinstance(tasks, list) else len(resolved) == tasks
+    save_config(from_override, tmp_path / "saved.yaml")  # what a run directory stores reloads equal
+    assert load_config(PretrainConfig, tmp_path / "saved.yaml") == from_override
+
+
+def test_comma_lists_fill_list_fields():
+    from dt_eva.runs.configs import FinetuneConfig
+
+    cfg = load_config(FinetuneConfig, None, ["eva.token_types=state,rtg"])
+    pre = load_config(PretrainConfig, None, ["train.eval_tasks=reach, push"])
+    assert (cfg.eva.token_types, pre.train.eval_tasks) == (["state", "rtg"], ["reach", "push"])
+
+
+def test_finetune_refuses_keys_it_would_ignore():
+    from dt_eva.runs.configs import FinetuneConfig
+
+    with pytest.raises(ValueError, match=r"train.eval_tasks.*no effect in fine-tuning"):
+        load_config(FinetuneConfig, None, ["train.eval_tasks=reach"])
+    with pytest.raises(ValueError, match=r"data.tasks.*no effect in fine-tuning"):
+        load_config(FinetuneConfig, None, ["data.tasks=mt40"])
+
+
+def _shipped_configs() -> list[Path]:
+    return sorted(REPO.glob("configs/*/*.yaml")) + sorted(REPO.glob("tests/fixtures/legacy/runs/*/config.yaml"))
+
+
+@pytest.mark.parametrize("path", _shipped_configs(), ids=lambda p: str(p.relative_to(REPO)))
+def test_every_shipped_and_legacy_config_loads(path, tmp_path):
+    from dt_eva.runs.configs import FinetuneConfig
+
+    is_finetune = "finetune" in path.parts or path.parent.name.startswith("ft-")
+    cls = FinetuneConfig if is_finetune else PretrainConfig
+    cfg = load_config(cls, path)
+    assert isinstance(cfg, cls)
+    raw = yaml.safe_load(path.read_text())
+    assert cfg.data.path == raw["data"]["path"] and cfg.train.steps == raw["train"]["steps"]
+    save_config(cfg, tmp_path / "again.yaml")
+    assert load_config(cls, tmp_path / "again.yaml") == cfg
