@@ -192,7 +192,7 @@ def test_evaluate_into_a_read_only_run_fails_before_any_rollout(legacy, capsys, 
     assert code == 1
     assert rollouts == []
     err = capsys.readouterr().err
-    assert f"cannot write the run directory {run}" in err and "ermission denied" in err
+    assert err.strip() == f"dt-eva evaluate: error: {run}: Permission denied"
     assert not (run / "evals").exists()
 
 
@@ -201,7 +201,7 @@ def test_evaluate_refuses_an_evals_path_that_is_not_a_folder(legacy, capsys, rol
     (run / "evals").write_text("not a folder")
     assert evaluate(run, "--episodes", "1") == 1
     assert rollouts == []
-    assert f"{run / 'evals'} is a file, not a folder" in capsys.readouterr().err
+    assert capsys.readouterr().err.strip() == f"dt-eva evaluate: error: {run / 'evals'}: Not a directory"
 
 
 @pytest.mark.slow
@@ -241,7 +241,7 @@ def test_collect_into_a_read_only_folder_fails_before_any_rollout(legacy, capsys
                      "--workers", "1", "--no-progress"])
     err = capsys.readouterr().err
     assert code == 1
-    assert f"cannot write the dataset folder {legacy / 'new-data'}" in err and "ermission denied" in err
+    assert err.strip() == f"dt-eva collect: error: {legacy / 'new-data'}: Permission denied"
     assert not (legacy / "new-data").exists()
 
 
@@ -252,7 +252,7 @@ def test_report_into_a_read_only_folder_is_a_clear_error(legacy, capsys):
         code = main(["report", str(legacy / "runs"), "--out", str(outside / "r"), "--no-plots"])
     err = capsys.readouterr().err
     assert code == 1
-    assert f"cannot write the report folder {outside / 'r'}" in err and "ermission denied" in err
+    assert err.strip() == f"dt-eva report: error: {outside / 'r'}: Permission denied"
 
 
 # --- item 9: bad devices are clear errors before any work -------------------------------------------------

@@ -104,9 +104,9 @@ def evaluate_run(
 def _check_writable(run_dir: Path) -> None:
     """Before any rollout: the result must be writable where it goes."""
     paths = RunPaths(run_dir)
-    check_writable_dir(run_dir, "run directory")
+    check_writable_dir(run_dir)
     if paths.evals.exists():
-        check_writable_dir(paths.evals, "evaluations folder")
+        check_writable_dir(paths.evals)
 
 
 def _not_saved_message(run_dir: Path, record: dict[str, Any], error: OSError) -> str:

@@ -158,11 +158,9 @@ def check_out_dir(out: Path) -> None:
     The report folder is replaced atomically, so a folder holding anything else is refused rather
     than deleted.
     """
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"report folder {out} is a file; choose another --out")
-    check_writable_dir(out, "report folder")
+    check_writable_dir(out)
     if out.exists():
-        check_writable_dir(out.parent, "report folder")  # the old report is renamed away there
+        check_writable_dir(out.parent)  # the old report is renamed away there
         if any(out.iterdir()) and not _is_old_report(out):
             raise ValueError(f"{out} holds files that are not a dt-eva report; the report replaces its folder "
                              "as a whole, so choose a new or empty --out")

@@ -7,6 +7,7 @@ half-written file. Every checkpoint, dataset file, JSON and result in dt_eva goe
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -126,28 +127,26 @@ def read_metrics(path: str | os.PathLike, problems: list[str] | None = None) -> 
     return out
 
 
-def check_writable_dir(path: str | os.PathLike, what: str = "folder") -> None:
+def check_writable_dir(path: str | os.PathLike) -> None:
     """Fail before any work when files cannot be created in `path`.
 
     A `path` that does not exist yet is checked where it would be created (the nearest existing
-    folder above it). The check creates and removes a file, so it is true for any user (also root)
-    and file system (read-only mounts too). A failure is a `ValueError` naming the folder and reason.
+    folder above it). The check creates and removes a file, so it holds for any user (root too) and
+    file system (read-only mounts too). A failure is the `OSError` the work would have met later,
+    with `path` as its file name (e.g. `PermissionError: [Errno 13] Permission denied: 'runs/x'`).
     """
     path = Path(path)
     target = path
     while not target.exists() and target.parent != target:
         target = target.parent
     if not target.is_dir():
-        raise ValueError(f"cannot write the {what} {path}: {target} is a file, not a folder; choose another path")
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path))
     try:
         fd, probe = tempfile.mkstemp(prefix=".dt-eva-write-check.", dir=target)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        where = "" if target == path else f" (it would be created in {target})"
-        raise ValueError(
-            f"cannot write the {what} {path}{where}: {e.strerror or e}; make the folder writable or choose another"
-        ) from None
+        raise OSError(e.errno, e.strerror, str(path)) from None
 
 
 def _json_default(o: Any) -> Any:
