@@ -51,7 +51,8 @@ def evaluate_run(
             f"run directory {run_dir} does not exist; train a model first with `dt-eva pretrain` "
             "or `dt-eva finetune` (or check the --run path)"
         )
-    if not (run_dir / "model.pt").is_file() and not (run_dir / "checkpoints" / "last.pt").is_file():
+    paths = RunPaths(run_dir)
+    if not paths.model.is_file() and not paths.last_checkpoint.is_file():
         raise FileNotFoundError(
             f"{run_dir} holds no weights (neither model.pt nor checkpoints/last.pt); run or resume its "
             "training first (`dt-eva pretrain` / `dt-eva finetune`)"
@@ -65,19 +66,7 @@ def evaluate_run(
     if task_list is None:
         task_list = _run_tasks(info, run_dir)
 
-    if target_return is not None:
-        targets: Any = float(target_return)
-    else:
-        known = info.get("target_returns") or {}
-        missing = [t for t in task_list if t not in known]
-        if missing:
-            reason = info.get("dataset_error") or f"the run's training data has no episodes of {missing}"
-            raise ValueError(
-                f"no target return for {missing}: {reason}. Pass one with --target-return X "
-                "(the paper uses the best return in the task's training data)"
-            )
-        targets = {t: float(known[t]) for t in task_list}
-
+    targets = _target_returns(info, task_list, target_return)
     result = evaluate_policy(
         model,
         task_list,
@@ -89,7 +78,7 @@ def evaluate_run(
         num_envs=num_envs,
         device=device,
         progress=progress,
-        video_dir=run_dir / "videos" if video else None,
+        video_dir=paths.videos if video else None,
         asynchronous=asynchronous,
     )
     model_info = {"weights": os.path.relpath(info["weights"], run_dir) if info.get("weights") else None,
@@ -99,6 +88,21 @@ def evaluate_run(
     except OSError as e:
         raise EvaluationNotSaved(_not_saved_message(run_dir, new_eval_record(result, model_info), e)) from e
     return result
+
+
+def _target_returns(info: dict[str, Any], task_list: list[str], target_return: float | None) -> Any:
+    """`target_return` for every task if given, else each task's best return in the run's training data."""
+    if target_return is not None:
+        return float(target_return)
+    known = info.get("target_returns") or {}
+    missing = [t for t in task_list if t not in known]
+    if missing:
+        reason = info.get("dataset_error") or f"the run's training data has no episodes of {missing}"
+        raise ValueError(
+            f"no target return for {missing}: {reason}. Pass one with --target-return X "
+            "(the paper uses the best return in the task's training data)"
+        )
+    return {t: float(known[t]) for t in task_list}
 
 
 def _check_writable(run_dir: Path) -> None:

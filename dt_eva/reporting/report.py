@@ -185,6 +185,33 @@ def _is_old_report(out: Path) -> bool:
     return True
 
 
+def _build_tables(usable: list[RunRecord], warnings: list[str]) -> tuple[dict[str, Any], dict[str, ConfigResult]]:
+    """Table 6 (any, final), Table 19 (any, final), the pre-training table; and the best config per method."""
+    tables: dict[str, Table | Any] = {}
+    per_metric = {m: collect_config_results(usable, m, warnings if m == "success_any" else None) for m in METRICS}
+    per_metric = {m: res for m, res in per_metric.items() if res}
+    for metric, results in per_metric.items():
+        tables[f"table6_{metric}"] = build_table6(results, metric, _pretrained_baselines(usable, metric))
+    for metric, results in per_metric.items():
+        tables[f"table19_{metric}"] = build_table19(results, metric)
+    pretrain = build_pretrain_table(usable)
+    if pretrain is not None:
+        tables[pretrain.name] = pretrain
+    return tables, best_per_method(per_metric["success_any"]) if "success_any" in per_metric else {}
+
+
+def _report_markdown(header: str, tables: list[str], skipped: list[dict[str, str]], warnings: list[str],
+                     images: list[Path]) -> str:
+    parts = [_REPORT_TITLE, "", header, ""] + tables
+    if skipped:
+        parts += ["### Skipped runs", ""] + [f"- `{s['run']}`: {s['reason']}" for s in skipped] + [""]
+    if warnings:
+        parts += ["### Warnings", ""] + [f"- {w}" for w in warnings] + [""]
+    if images:
+        parts += ["### Figures", ""] + [f"![{f.stem}]({f.as_posix()})" for f in images] + [""]
+    return "\n".join(parts)
+
+
 def build_report(run_dirs_or_root: PathLike | Iterable[PathLike], out_dir: PathLike, plots: bool = True) -> dict[str, Any]:
     """Tables and plots from run directories.
 
@@ -222,20 +249,7 @@ def build_report(run_dirs_or_root: PathLike | Iterable[PathLike], out_dir: PathL
         warnings.append(f"the runs' evaluations differ in size ({', '.join(map(str, sizes))} episodes per task); "
                         "each table's footnote names the runs")
 
-    tables: dict[str, Table | Any] = {}
-    best_any: dict[str, ConfigResult] = {}
-    per_metric = {m: collect_config_results(usable, m, warnings if m == "success_any" else None) for m in METRICS}
-    per_metric = {m: res for m, res in per_metric.items() if res}
-    for metric, results in per_metric.items():  # Table 6 (any, final), then Table 19 (any, final)
-        tables[f"table6_{metric}"] = build_table6(results, metric, _pretrained_baselines(usable, metric))
-    for metric, results in per_metric.items():
-        tables[f"table19_{metric}"] = build_table19(results, metric)
-    if "success_any" in per_metric:
-        best_any = best_per_method(per_metric["success_any"])
-    pretrain = build_pretrain_table(usable)
-    if pretrain is not None:
-        tables[pretrain.name] = pretrain
-
+    tables, best_any = _build_tables(usable, warnings)
     markdown = {name: t.to_markdown() for name, t in tables.items()}
     with atomic_dir(out) as tmp:
         files: list[Path] = []
@@ -247,18 +261,9 @@ def build_report(run_dirs_or_root: PathLike | Iterable[PathLike], out_dir: PathL
             files += _plot_curves(usable, runs, best_any, tmp, warnings)
             files += _plot_heatmaps(usable, tmp, warnings)
         warnings = list(dict.fromkeys(warnings))  # a run's metrics are read once per plot
-
-        parts = [_REPORT_TITLE, "", f"Runs: {len(usable)} used, {len(skipped)} skipped (from {where}).",
-                 ""]
-        parts += [markdown[n] for n in tables]
-        if skipped:
-            parts += ["### Skipped runs", ""] + [f"- `{s['run']}`: {s['reason']}" for s in skipped] + [""]
-        if warnings:
-            parts += ["### Warnings", ""] + [f"- {w}" for w in warnings] + [""]
-        images = [f for f in files if f.suffix == ".png"]
-        if images:
-            parts += ["### Figures", ""] + [f"![{f.stem}]({f.relative_to(tmp).as_posix()})" for f in images] + [""]
-        report_text = "\n".join(parts)
+        report_text = _report_markdown(f"Runs: {len(usable)} used, {len(skipped)} skipped (from {where}).",
+                                       list(markdown.values()), skipped, warnings,
+                                       [f.relative_to(tmp) for f in files if f.suffix == ".png"])
         atomic_write_text(tmp / "report.md", report_text)
         files = [out / f.relative_to(tmp) for f in [tmp / "report.md", *files]]
     return {
