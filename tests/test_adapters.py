@@ -24,7 +24,7 @@ from dt_eva.adapters import (
     unmerge_adapters,
 )
 from dt_eva.adapters.init import whiten_components
-from dt_eva.eva import EvaConfig, EvaResult
+from dt_eva.eva import EvaConfig, EvaResult, compute_eva
 
 
 class Conv1D(nn.Module):
@@ -151,14 +151,40 @@ def test_dora_magnitude_starts_at_row_norms_so_output_equals_base():
     torch.testing.assert_close(layer.magnitude, model.mid.base_layer.weight.T.norm(dim=1))
 
 
-def test_dropout_acts_only_in_training():
-    model = make_toy()
-    inject_adapters(model, TARGETS, rank=4, dropout=0.5)
-    perturb(model)
-    model.eval()
-    torch.testing.assert_close(model(X), model(X))
-    model.train()
-    assert not torch.allclose(model(X), model(X))
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_dropout_acts_on_the_adapter_input_only_in_training(method):
+    torch.manual_seed(0)
+    base = nn.Linear(16, 10)
+    layer = (DoraLayer if method == "dora" else LoraLayer)(copy.deepcopy(base), rank=3, alpha=6.0, dropout=0.5)
+    with torch.no_grad():
+        layer.lora_A.normal_()
+        layer.lora_B.normal_()
+    if method == "dora":
+        layer.init_magnitude()
+        with torch.no_grad():
+            layer.magnitude.mul_(torch.linspace(0.5, 1.5, 10))
+    x = torch.randn(6, 16)
+    w = base.weight.detach()
+
+    def reference(x_adapter):
+        """LoRA: W x + b + s B A x'; DoRA as PEFT: n W x + b + (n - 1) W (x' - x) + n s B A x', with
+        n = m / ||W + s B A||_row and x' the adapter's (dropped-out) input."""
+        lora = 2.0 * (x_adapter @ layer.lora_A.T @ layer.lora_B.T)
+        if method == "lora":
+            return base(x) + lora
+        n = layer.magnitude / (w + 2.0 * layer.lora_B @ layer.lora_A).norm(dim=1)
+        return base(x) + (n - 1) * (x_adapter @ w.T) + n * lora
+
+    layer.eval()
+    torch.testing.assert_close(layer(x), reference(x), rtol=1e-5, atol=1e-5)
+    layer.train()
+    torch.manual_seed(7)
+    out = layer(x)
+    torch.manual_seed(7)
+    dropped = F.dropout(x, 0.5, training=True)  # the same draw as the layer's nn.Dropout
+    assert (dropped == 0).any()
+    torch.testing.assert_close(out, reference(dropped), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(out, reference(x), atol=1e-3)
 
 
 # ---- injection --------------------------------------------------------------------------------------
@@ -205,6 +231,7 @@ def test_pissa_olora_keep_the_output_and_store_the_residual(init, method):
     original = {t: model.get_submodule(t).weight.detach().clone() for t in TARGETS}
     inject_adapters(model, TARGETS, method=method, rank=4, alpha=2.0, init=init)
     torch.testing.assert_close(model(X), ref, rtol=1e-4, atol=1e-5)
+    assert sorted(adapter_layers(model)) == sorted(TARGETS)
     for name, layer in adapter_layers(model).items():
         w = original[name] if layer.kind == "linear" else original[name].T
         assert not torch.allclose(layer.base_weight(), w)  # the base now holds the residual
@@ -244,25 +271,70 @@ def test_eva_adjust_alpha_keeps_alpha_over_rank_constant():
     assert model.fc1.alpha == pytest.approx(3.0)
 
 
-def test_eva_whiten_scales_rows_by_inverse_singular_value():
+def test_eva_whiten_divides_each_component_by_its_eigenvalue():
+    """The paper's EVA-whiten against a hand computation: the SVD of the activations each layer saw."""
     model = make_toy()
-    eva = fake_eva(model, {"fc1": 4, "mid": 4, "fc2": 4})
-    inject_adapters(model, init="eva_whiten", eva=eva)
-    a = model.fc1.lora_A
-    sv = eva.singular_values["fc1"]
-    torch.testing.assert_close(a.norm(dim=1), sv[0] / sv)
-    # directions unchanged: rows are parallel to EVA's components
-    torch.testing.assert_close(a / a.norm(dim=1, keepdim=True), eva.components["fc1"])
-    torch.testing.assert_close(whiten_components(eva.components["fc1"], sv), a)
+    batches = [torch.randn(5, 7, 16, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    captured = {t: [] for t in TARGETS}
+    hooks = [model.get_submodule(t).register_forward_hook(lambda m, i, o, t=t: captured[t].append(i[0].reshape(-1, i[0].shape[-1])))
+             for t in TARGETS]
+    with torch.no_grad():
+        for x in batches:
+            model(x)
+    for h in hooks:
+        h.remove()
+    # rho large enough that every layer keeps all its directions: the incremental SVD is then exact
+    config = EvaConfig(rank=4, rho=6.0, tau=1.0, max_batches=3, progress=False)
+    with pytest.warns(UserWarning, match="max_batches=3"):
+        eva = compute_eva(model, batches, config, target_modules=TARGETS)
+    ref = model(X)
+    wrapped = inject_adapters(model, init="eva_whiten", eva=eva)
+    assert len(wrapped) >= 2 and sum(wrapped.values()) == 12
+    torch.testing.assert_close(model(X), ref)  # B = 0
+    for name, r in wrapped.items():
+        rows = torch.cat(captured[name]).double()
+        m = rows.shape[0]
+        assert eva.num_samples[name] == m == 3 * 35
+        _, sigma, vh = torch.linalg.svd(rows - rows.mean(0), full_matrices=False)
+        eigenvalues = sigma[:r] ** 2 / (m - 1)  # of the covariance of the layer's inputs
+        a = adapter_layers(model)[name].lora_A.double()
+        signs = torch.sign((a * vh[:r]).sum(dim=1, keepdim=True))  # an SVD fixes each row up to its sign
+        torch.testing.assert_close(a, signs * vh[:r] / eigenvalues[:, None], rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(a.norm(dim=1), torch.ones(r, dtype=a.dtype), rtol=0.1)  # not EVA's unit rows
+    comps, sv = eva.components["fc1"], eva.singular_values["fc1"]
+    torch.testing.assert_close(whiten_components(comps, sv, 105), comps * 104 / sv[:, None] ** 2)
+
+
+def test_eva_whiten_refuses_undefined_scalings_before_touching_the_model():
+    model = make_toy()
+    eva = fake_eva(model, {"fc1": 2, "mid": 2, "fc2": 2})
+    eva.num_samples = {"fc1": 50, "mid": 50}
+    with pytest.raises(ValueError, match=r"init='eva_whiten' needs the number of activation rows EVA saw for 'fc2'"):
+        inject_adapters(model, init="eva_whiten", eva=eva)
+    eva.num_samples["fc2"] = 50
+    eva.singular_values["mid"] = torch.tensor([3.0, 0.0])
+    with pytest.raises(ValueError, match=r"init='eva_whiten' for 'mid': EVA-whiten needs positive eigenvalues"):
+        inject_adapters(model, init="eva_whiten", eva=eva)
+    assert not adapter_layers(model)  # nothing was wrapped
+    with pytest.raises(ValueError, match="number of activation rows"):
+        whiten_components(eva.components["fc1"], eva.singular_values["fc1"], 1)
 
 
 def test_lora_redist_takes_eva_ranks_with_random_a():
     model = make_toy()
     eva = fake_eva(model, {"fc1": 6, "mid": 4, "fc2": 2})
+    torch.manual_seed(5)
     wrapped = inject_adapters(model, init="lora_redist", eva=eva)
     assert wrapped == {"fc1": 6, "mid": 4, "fc2": 2}
-    assert not torch.allclose(model.fc1.lora_A, eva.components["fc1"])
-    assert torch.count_nonzero(model.fc1.lora_B) == 0
+    # A is LoRA's random init with EVA's ranks: the same draws as init="random" with those ranks
+    plain = make_toy()
+    torch.manual_seed(5)
+    inject_adapters(plain, TARGETS, ranks=dict(eva.ranks), init="random")
+    assert sorted(adapter_layers(plain)) == sorted(TARGETS)
+    for name, layer in adapter_layers(plain).items():
+        assert torch.equal(adapter_layers(model)[name].lora_A, layer.lora_A), name
+        assert torch.count_nonzero(adapter_layers(model)[name].lora_B) == 0
+    assert not torch.allclose(model.fc1.lora_A[:6], eva.components["fc1"], atol=0.05)
 
 
 # ---- merge / unmerge ----------------------------------------------------------------------------------

@@ -38,8 +38,11 @@ def make_net() -> Net:
     return Net()
 
 
-def peft_layers(model: nn.Module) -> dict[str, nn.Module]:
-    return {n: m for n, m in model.named_modules() if hasattr(m, "lora_A") and isinstance(m.lora_A, nn.ModuleDict)}
+def peft_layers(model: nn.Module, targets=TARGETS) -> dict[str, nn.Module]:
+    """PEFT's LoRA layers by name; exactly `targets`, so that no comparison loop runs over nothing."""
+    layers = {n: m for n, m in model.named_modules() if hasattr(m, "lora_A") and isinstance(m.lora_A, nn.ModuleDict)}
+    assert sorted(layers) == sorted(targets), f"PEFT adapted {sorted(layers)}, expected {sorted(targets)}"
+    return layers
 
 
 def peft_model(init, targets, use_dora=False, r=4, alpha=8.0, **kw) -> nn.Module:
@@ -53,7 +56,7 @@ def copy_ours_into_peft(ours: nn.Module, theirs: nn.Module) -> None:
     """Write our A, B (and DoRA magnitude) into PEFT's layers of the same name."""
     layers = adapter_layers(ours)
     with torch.no_grad():
-        for name, m in peft_layers(theirs).items():
+        for name, m in peft_layers(theirs, list(layers)).items():
             m.lora_A["default"].weight.copy_(layers[name].lora_A)
             m.lora_B["default"].weight.copy_(layers[name].lora_B)
             if isinstance(m.lora_magnitude_vector, nn.ModuleDict) and "default" in m.lora_magnitude_vector:
@@ -71,15 +74,22 @@ def randomise(model: nn.Module, seed: int) -> None:
 @pytest.mark.parametrize("use_dora", [False, True])
 def test_lora_and_dora_outputs_and_gradients_equal_peft(use_dora):
     ours = make_net()
-    inject_adapters(ours, TARGETS, method="dora" if use_dora else "lora", rank=4, alpha=8.0)
+    inject_adapters(ours, TARGETS, method="dora" if use_dora else "lora", rank=4, alpha=8.0, dropout=0.3)
     randomise(ours, seed=1)
-    theirs = peft_model(True, TARGETS, use_dora=use_dora)
+    theirs = peft_model(True, TARGETS, use_dora=use_dora, lora_dropout=0.3)
     copy_ours_into_peft(ours, theirs)
+    outputs = {}
     for mode in ("eval", "train"):
         getattr(ours, mode)()
         getattr(theirs, mode)()
-        out_ours, out_theirs = ours(X), theirs(X)
+        # the same seed before each forward: both draw the same dropout masks, layer by layer
+        torch.manual_seed(11)
+        out_ours = ours(X)
+        torch.manual_seed(11)
+        out_theirs = theirs(X)
         torch.testing.assert_close(out_ours, out_theirs, rtol=1e-5, atol=1e-6)
+        outputs[mode] = out_ours
+    assert not torch.allclose(outputs["train"], outputs["eval"], atol=1e-3)  # dropout acted in training
     g = torch.randn_like(out_ours)
     (out_ours * g).sum().backward()
     (out_theirs * g).sum().backward()
@@ -143,7 +153,7 @@ def test_olora_equals_peft_on_linear_layers(use_dora):
     inject_adapters(ours, targets, method="dora" if use_dora else "lora", rank=4, alpha=8.0, init="olora")
     theirs = peft_model("olora", targets, use_dora=use_dora)
     layers = adapter_layers(ours)
-    for name, m in peft_layers(theirs).items():
+    for name, m in peft_layers(theirs, targets).items():
         torch.testing.assert_close(layers[name].lora_A, m.lora_A["default"].weight, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(layers[name].lora_B, m.lora_B["default"].weight, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(layers[name].base_layer.weight, m.base_layer.weight, rtol=1e-4, atol=1e-5)

@@ -13,6 +13,10 @@ import torch
 from torch import nn
 
 NUM_BATCHES = 30
+# a randomized SVD with no oversampling or extra iterations: its start directions, drawn from the
+# seed, shape every estimate, so ranks agree only if they share the seed
+SEEDED = dict(rank=2, rho=2.0, tau=0.99, max_batches=NUM_BATCHES, svd="randomized", oversample=0, power_iters=0,
+              seed=5, progress=False)
 
 
 def build_model() -> nn.Module:
@@ -34,7 +38,7 @@ def _torchrun() -> list[str]:
 
 
 @pytest.mark.slow
-def test_two_ranks_get_identical_results_equal_to_one_process_on_all_data(tmp_path):
+def test_two_ranks_with_different_data_and_one_seed_compute_identical_results_equal_to_one_process(tmp_path):
     from dt_eva.eva import EvaConfig, EvaResult, compute_eva
 
     worker = Path(__file__).with_name("dist_eva_worker.py")
@@ -43,21 +47,43 @@ def test_two_ranks_get_identical_results_equal_to_one_process_on_all_data(tmp_pa
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
-    r0, r1 = EvaResult.load(tmp_path / "rank0"), EvaResult.load(tmp_path / "rank1")
-    assert r0.ranks == r1.ranks and r0.converged == r1.converged and r0.num_batches == r1.num_batches
-    for name in r0.ranks:
-        assert torch.equal(r0.components[name], r1.components[name])
-        assert torch.equal(r0.singular_values[name], r1.singular_values[name])
+    names = ["0", "2", "4"]  # the three Linear layers
+    for tag in ("", "_local", "_seeded", "_seeded_local"):
+        # "_local": what each rank computed itself from its own half of the data, before the final
+        # broadcast; equal bit for bit because every rank factorises the same gathered rows, seed included
+        r0, r1 = EvaResult.load(tmp_path / f"rank0{tag}"), EvaResult.load(tmp_path / f"rank1{tag}")
+        assert list(r0.ranks) == names and sum(r0.ranks.values()) == r0.budget == 6, tag
+        assert (r0.ranks, r0.converged, r0.num_batches, r0.num_samples) == (
+            r1.ranks, r1.converged, r1.num_batches, r1.num_samples), tag
+        assert all(r0.converged.values()) and r0.num_batches > 2, tag
+        for name in names:
+            assert torch.equal(r0.components[name], r1.components[name]), (tag, name)
+            assert torch.equal(r0.singular_values[name], r1.singular_values[name]), (tag, name)
+            assert torch.equal(r0.candidate_explained_variance_ratio[name], r1.candidate_explained_variance_ratio[name])
+
+    # the seed matters for the seeded config: with another seed, one process on the same data differs
+    seeded = {s: compute_eva(build_model(), full_batches(NUM_BATCHES), EvaConfig(**{**SEEDED, "seed": s})) for s in (5, 6)}
+    assert any(not torch.equal(seeded[5].components[n], seeded[6].components[n]) for n in names)
+    r0 = EvaResult.load(tmp_path / "rank0_seeded_local")
+    assert r0.ranks == seeded[5].ranks and r0.num_samples == seeded[5].num_samples
+    for name in names:
+        torch.testing.assert_close(r0.components[name], seeded[5].components[name], atol=1e-4, rtol=1e-4)
+
+    # a seed that differs per rank is refused on every rank, naming the values
+    for rank in (0, 1):
+        message = (tmp_path / f"rank{rank}_refused.txt").read_text()
+        assert "EvaConfig differs between ranks (rank 0: seed=5; rank 1: seed=6)" in message
 
     # the gathered rows of step i are rank 0's half then rank 1's half: the whole batch i
+    r0 = EvaResult.load(tmp_path / "rank0")
     single = compute_eva(build_model(), full_batches(NUM_BATCHES),
                          EvaConfig(rank=2, rho=2.0, tau=0.99, max_batches=NUM_BATCHES, progress=False))
     assert single.ranks == r0.ranks and single.num_batches == r0.num_batches
     assert single.num_samples == r0.num_samples
-    for name in single.ranks:
+    for name in names:
         torch.testing.assert_close(r0.components[name], single.components[name], atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(r0.singular_values[name], single.singular_values[name], atol=1e-4, rtol=1e-4)
 
     s0, s1 = EvaResult.load(tmp_path / "rank0_short"), EvaResult.load(tmp_path / "rank1_short")
     assert s0.num_batches == s1.num_batches == 2
-    assert all(torch.equal(s0.components[n], s1.components[n]) for n in s0.ranks)
+    assert list(s0.ranks) == names and all(torch.equal(s0.components[n], s1.components[n]) for n in names)

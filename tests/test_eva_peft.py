@@ -95,6 +95,48 @@ def test_result_loads_into_peft_and_agrees_with_peft_eva():
     assert [n.removeprefix("base_model.model.") for n in again.ranks] == list(result.ranks)
 
 
+class TwoLinear(torch.nn.Module):
+    """Inputs of 6 features: PEFT's randomized SVD (q = 2 * 3 components = 6) is then exact, as ours is."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1, self.fc2 = torch.nn.Linear(6, 6), torch.nn.Linear(6, 4)
+
+    def forward(self, x):
+        return self.fc2(torch.tanh(self.fc1(x)))
+
+
+@pytest.mark.parametrize("whiten", [True, False])
+def test_peft_whitening_equals_peft_own(whiten):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(64, 6, generator=g) * torch.tensor([5.0, 3.0, 2.0, 1.0, 0.5, 0.3]) + torch.randn(6, generator=g)
+    # one batch repeated: both implementations converge on the 2nd batch and factorise the same 128 rows
+    batches = [{"x": x}] * 4
+    peft_cfg = LoraConfig(r=2, target_modules=["fc1", "fc2"], init_lora_weights="eva",
+                          eva_config=PeftEvaConfig(rho=1.5, tau=0.99, whiten=whiten))
+    model = TwoLinear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = get_eva_state_dict(model, batches, peft_config=peft_cfg, show_progress_bar=False,
+                                       prepare_model_inputs_fn=None, prepare_layer_inputs_fn=None)
+    result = compute_eva(model, batches, EvaConfig(rank=2, rho=1.5, tau=0.99, progress=False), target_modules=["fc1", "fc2"])
+    assert result.num_samples == {"fc1": 128, "fc2": 128}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peft_model = get_peft_model(model, peft_cfg)
+    state = to_peft_eva_state_dict(result, peft_model, whiten=whiten)
+    assert {k.removeprefix("base_model.model."): v.shape[0] for k, v in state.items()} == {
+        n: v.shape[0] for n, v in reference.items()} == result.ranks
+    for name, theirs in reference.items():
+        ours, theirs = state[f"base_model.model.{name}"], theirs.float()
+        signs = torch.sign((ours * theirs).sum(dim=1, keepdim=True))  # each row is fixed up to its sign
+        torch.testing.assert_close(ours, signs * theirs, rtol=1e-4, atol=1e-6)
+        norms = ours.norm(dim=1)
+        expected = result.singular_values[name].rsqrt() if whiten else torch.ones_like(norms)
+        torch.testing.assert_close(norms, expected)
+
+
 def test_peft_interop_errors():
     model = tiny_gpt2()
     result = compute_eva(model, token_batches(3), EvaConfig(rank=2, tau=0.0, progress=False), target_modules=["c_attn"])

@@ -212,8 +212,23 @@ def test_loss_is_mse_of_forward_and_dropout_only_in_training() -> None:
     torch.testing.assert_close(model.loss(batch), expected)
     model.train()
     assert not torch.equal(forward(model, batch), forward(model, batch))
-    preds = forward(model, batch)
-    assert preds.abs().max() < 1  # tanh head
+
+
+@pytest.mark.parametrize("action_tanh", [True, False])
+def test_predicted_actions_are_tanh_of_the_action_head_only_when_configured(action_tanh) -> None:
+    torch.manual_seed(0)
+    model = DecisionTransformer(small_config(action_tanh=action_tanh)).eval()
+    with torch.no_grad():
+        model.action_head.weight.mul_(200.0)  # push pre-activations well past +-1, where tanh bends
+    batch = make_batch(model.cfg)
+    head_out = []
+    hook = model.action_head.register_forward_hook(lambda m, i, o: head_out.append(o))
+    with torch.no_grad():
+        preds = forward(model, batch)
+    hook.remove()
+    (raw,) = head_out
+    assert raw.abs().max() > 3
+    torch.testing.assert_close(preds, torch.tanh(raw) if action_tanh else raw)
 
 
 def test_gpt2_style_init() -> None:

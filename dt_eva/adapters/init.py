@@ -44,29 +44,45 @@ def init_eva(layer: LoraLayer, components: torch.Tensor) -> None:
     nn.init.zeros_(layer.lora_B)
 
 
-def whiten_components(components: torch.Tensor, singular_values: torch.Tensor) -> torch.Tensor:
-    """Scale component j by `sigma_1 / sigma_j`: whitening (1 / sigma_j) up to one global factor.
+def whiten_components(components: torch.Tensor, singular_values: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """EVA-whiten, the paper's ablation (section 4.7, Table 7): "whitening scales the initialization
+    by the reciprocal of their eigenvalues". Row j of A becomes
 
-    The projections `A x` of whitened components have equal variance for every j. Rows are not
-    renormalised afterwards (that would undo the whitening and give plain EVA back); instead the
-    global factor `sigma_1` keeps the top row at unit norm, so the scale of `A` does not depend on
-    the data's units or on how many samples the SVD saw.
+        A_j = v_j / lambda_j,    lambda_j = sigma_j**2 / (M - 1)
+
+    v_j: EVA's j-th component (a unit row); sigma_j: its singular value; M: the number of activation
+    rows in the layer's SVD (`EvaResult.num_samples`). lambda_j is the j-th eigenvalue of the
+    covariance of the layer's (centred) inputs, i.e. the input variance along v_j, the quantity of
+    the paper's explained-variance ratio (eq. 3). Directions are kept, scale changes.
+
+    No global normalisation is applied: the paper states none, and the ablation is about scale
+    (normalising by lambda_1, say, would give the top row EVA's unit norm and change only the
+    rest: a different ablation). Using lambda rather than sigma keeps A independent of how many
+    batches EVA ran before it converged (sigma_j grows like sqrt(M)).
+
+    This is not PEFT's `whiten=True` (v_j / sqrt(sigma_j)), which `dt_eva.eva.peft_interop` keeps
+    for hand-overs to PEFT, nor textbook whitening (v_j / sqrt(lambda_j)).
     """
-    sv = singular_values[: components.shape[0]].to(torch.float32)
-    if sv.numel() < components.shape[0]:
+    r = components.shape[0]
+    sv = singular_values[:r].to(torch.float32)
+    if sv.numel() < r:
+        raise ValueError(f"EVA-whiten needs one singular value per component: got {sv.numel()} for {r}")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
+        raise ValueError(f"EVA-whiten needs the number of activation rows of the SVD (>= 2), got {num_samples!r}")
+    eigenvalues = sv.square() / (num_samples - 1)
+    if not torch.all(eigenvalues > 0):
         raise ValueError(
-            f"EVA-whiten needs one singular value per component: got {sv.numel()} for {components.shape[0]}"
+            f"EVA-whiten needs positive eigenvalues, got {eigenvalues.tolist()}: the layer's activations are "
+            "degenerate along some component"
         )
-    if not torch.all(sv > 0):
-        raise ValueError("EVA-whiten needs positive singular values; this layer's activations are degenerate")
-    return components.to(torch.float32) * (sv[0] / sv).unsqueeze(1)
+    return components.to(torch.float32) / eigenvalues[:, None]
 
 
 @torch.no_grad()
-def init_eva_whiten(layer: LoraLayer, components: torch.Tensor, singular_values: torch.Tensor) -> None:
-    """EVA-whiten ablation: EVA's components scaled by the reciprocal singular values (see `whiten_components`)."""
+def init_eva_whiten(layer: LoraLayer, components: torch.Tensor, singular_values: torch.Tensor, num_samples: int) -> None:
+    """EVA-whiten ablation: EVA's components divided by their eigenvalues (see `whiten_components`), B = 0."""
     _check_components(layer, components)
-    whitened = whiten_components(components[: layer.rank], singular_values)
+    whitened = whiten_components(components[: layer.rank], singular_values, num_samples)
     layer.lora_A.copy_(whitened.to(layer.lora_A.device, layer.lora_A.dtype))
     nn.init.zeros_(layer.lora_B)
 

@@ -86,11 +86,6 @@ def inject_adapters(
     if uses_eva and ranks is not None:
         raise ValueError(f"init={init!r} takes its ranks from the EvaResult; do not pass ranks=")
 
-    if init == "eva" and getattr(getattr(eva, "config", None), "whiten", False):
-        logger.warning(
-            "the EvaResult was computed with whiten=True but init='eva' uses its orthonormal components; "
-            "use init='eva_whiten' for the whitened ablation"
-        )
     if target_modules is None and uses_eva:
         target_modules = sorted(eva.ranks)
     names = _target_names(model, target_modules)
@@ -262,6 +257,16 @@ def _check_eva_entry(eva: Any, name: str, r: int, in_features: int, needs_sv: bo
         raise ValueError(f"EVA components for {name!r} have {comps.shape[0]} rows, fewer than its rank {r}")
     if needs_sv and name not in getattr(eva, "singular_values", {}):
         raise ValueError(f"init='eva_whiten' needs singular values for {name!r}; the EvaResult has none")
+    if needs_sv and name not in getattr(eva, "num_samples", {}):
+        raise ValueError(
+            f"init='eva_whiten' needs the number of activation rows EVA saw for {name!r} (EvaResult.num_samples); "
+            "the result has none: recompute it with compute_eva"
+        )
+    if needs_sv:  # fail here, before any layer is wrapped, if the scaling is undefined
+        try:
+            inits.whiten_components(comps[:r], eva.singular_values[name], eva.num_samples[name])
+        except ValueError as err:
+            raise ValueError(f"init='eva_whiten' for {name!r}: {err}") from None
 
 
 def _apply_init(layer: LoraLayer, init: str, eva: Any, name: str) -> None:
@@ -270,7 +275,7 @@ def _apply_init(layer: LoraLayer, init: str, eva: Any, name: str) -> None:
     elif init == "eva":
         inits.init_eva(layer, eva.components[name])
     elif init == "eva_whiten":
-        inits.init_eva_whiten(layer, eva.components[name], eva.singular_values[name])
+        inits.init_eva_whiten(layer, eva.components[name], eva.singular_values[name], int(eva.num_samples[name]))
     elif init == "pissa":
         inits.init_pissa(layer)
     elif init == "olora":

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 _SVD_METHODS = ("auto", "randomized", "exact")
+# keys of older saved configs that are read and ignored
+_LEGACY_KEYS = frozenset({"whiten"})
 
 
 @dataclass(frozen=True)
@@ -18,8 +20,6 @@ class EvaConfig:
                  uniform, rho > 1 lets the pooled redistribution move rank between layers.
     tau:         a layer has converged when each component it is currently allocated has
                  |cosine| >= tau with its estimate from the previous batch.
-    whiten:      record that A should be whitened (`EvaResult.lora_A` divides by sqrt(sigma), as
-                 the reference implementation does); the stored components stay orthonormal.
     max_batches: cap on batches; hitting it warns and names the layers that had not converged.
     center:      subtract the running mean before the SVD (incremental PCA, as the reference
                  implementation in PEFT does); False takes the SVD of the raw activations.
@@ -28,14 +28,15 @@ class EvaConfig:
     oversample:  extra random directions of the randomized SVD beyond the kept components.
     power_iters: subspace iterations per batch of the randomized SVD (warm-started from the
                  previous estimate, so few are needed).
-    seed:        seed of the randomized SVD's random directions (same on every rank).
+    seed:        seed of the randomized SVD's random directions. Under torch.distributed it must be
+                 the same on every rank (each rank factorises the same gathered rows; only the data
+                 differ per rank); `compute_eva` refuses configs that differ between ranks.
     progress:    show a tqdm bar (rank 0 only under torch.distributed).
     """
 
     rank: int = 8
     rho: float = 2.0
     tau: float = 0.99
-    whiten: bool = False
     max_batches: int = 100
     center: bool = True
     svd: str = "auto"
@@ -54,8 +55,6 @@ class EvaConfig:
             fail(f"rho must be a number >= 1 (1 keeps ranks uniform), got {self.rho!r}")
         if isinstance(self.tau, bool) or not isinstance(self.tau, (int, float)) or not 0 <= self.tau <= 1:
             fail(f"tau must be a number in [0, 1] (a cosine-similarity threshold), got {self.tau!r}")
-        if not isinstance(self.whiten, bool):
-            fail(f"whiten must be True or False, got {self.whiten!r}")
         if isinstance(self.max_batches, bool) or not isinstance(self.max_batches, int) or self.max_batches < 1:
             fail(f"max_batches must be an integer >= 1, got {self.max_batches!r}")
         if not isinstance(self.center, bool):
@@ -79,6 +78,10 @@ class EvaConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "EvaConfig":
+        """Inverse of `to_dict`. Also reads results saved by dt-eva 0.1.0, whose config carried a
+        `whiten` flag: it is dropped (it never changed the components; EVA-whiten is the adapter
+        init "eva_whiten", and PEFT's whitening is an option of `peft_interop`)."""
+        data = {k: v for k, v in data.items() if k not in _LEGACY_KEYS}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -74,8 +74,9 @@ def compute_eva(
     converged when each component it is allocated has |cos| >= tau with its previous estimate, and
     then stops being hooked (it is hooked again if a later redistribution gives it more rank).
     Stops when all layers converged, the batches run out or `config.max_batches` is reached
-    (the last two warn and name the unconverged layers). Under torch.distributed the activation
-    rows of all ranks are gathered and every rank returns the identical result.
+    (the last two warn and name the unconverged layers). Under torch.distributed each rank passes
+    its own batches and the same config (seed included; a ValueError otherwise); the activation
+    rows of all ranks are gathered and every rank computes, and returns, the identical result.
     """
     config = EvaConfig() if config is None else config
     if not isinstance(config, EvaConfig):
@@ -86,6 +87,7 @@ def compute_eva(
         raise ValueError(
             f"batches must be an iterable of batches (DataLoader, list, generator), got {type(batches).__name__}"
         )
+    _check_same_config_on_every_rank(config)
     targets = match_modules(model, target_modules)
     start = time.perf_counter()
     flags = module_training_flags(model)
@@ -99,6 +101,23 @@ def compute_eva(
         restore_training_flags(model, flags)
     result.seconds = time.perf_counter() - start
     return dist_utils.broadcast_object(result)
+
+
+def _check_same_config_on_every_rank(config: EvaConfig) -> None:
+    """Every rank factorises the same gathered rows and must reach the same estimate, so the config
+    (the randomized SVD's seed included) must be equal on every rank; only the data differ per rank.
+    A differing config would be hidden by the final broadcast of rank 0's result, so refuse it."""
+    settings = {k: v for k, v in config.to_dict().items() if k != "progress"}
+    every = dist_utils.all_gather_object(settings)
+    differing = [k for k in settings if any(other[k] != settings[k] for other in every)]
+    if differing:  # the same verdict on every rank, so all of them raise
+        values = "; ".join(
+            f"rank {i}: " + ", ".join(f"{k}={other[k]!r}" for k in differing) for i, other in enumerate(every)
+        )
+        raise ValueError(
+            f"EvaConfig differs between ranks ({values}); pass the same EvaConfig on every rank (one EVA seed "
+            "for all ranks) and let only the batches differ per rank"
+        )
 
 
 class _EvaRun:

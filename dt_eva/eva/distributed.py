@@ -60,6 +60,15 @@ def any_rank_stopped(stopped: bool) -> bool:
     return bool(probe.item())
 
 
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every rank's value of a small picklable object, in rank order (`[obj]` when not distributed)."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def broadcast_object(obj: Any) -> Any:
     """Rank 0's value of a small picklable object on every rank."""
     if not is_distributed():

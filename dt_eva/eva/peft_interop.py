@@ -18,13 +18,16 @@ from dt_eva.eva.result import EvaResult
 _PEFT_PREFIX = "base_model.model."
 
 
-def to_peft_eva_state_dict(result: EvaResult, peft_model: nn.Module, whiten: bool | None = None) -> dict[str, Tensor]:
+def to_peft_eva_state_dict(result: EvaResult, peft_model: nn.Module, whiten: bool = False) -> dict[str, Tensor]:
     """The `eva_state_dict` that `peft.tuners.lora.eva.initialize_lora_eva_weights` loads.
 
-    Keys are the names of `peft_model`'s LoRA layers; values are `result.lora_A(name, whiten)`
-    ((rank, in_features), on the layer's device and dtype). The result may have been computed on
-    the bare base model or on the PeftModel itself. Raises ValueError when a LoRA layer of the
-    model has no entry in the result or a result layer has no LoRA layer, naming them.
+    Keys are the names of `peft_model`'s LoRA layers; values are the layer's EVA components
+    ((rank, in_features), float32, on the layer's device). `whiten=True` hands out what PEFT's own
+    `EvaConfig(whiten=True)` produces, `v_j / sqrt(sigma_j)` (see `_peft_whitened`); that is PEFT's
+    definition, not the paper's EVA-whiten ablation (the adapter init "eva_whiten" of
+    `dt_eva.adapters`). The result may have been computed on the bare base model or on the
+    PeftModel itself. Raises ValueError when a LoRA layer of the model has no entry in the result or
+    a result layer has no LoRA layer, naming them.
     """
     try:
         from peft.tuners.lora import LoraLayer
@@ -45,7 +48,9 @@ def to_peft_eva_state_dict(result: EvaResult, peft_model: nn.Module, whiten: boo
             missing.append(base_name)
             continue
         weight = module.get_base_layer().weight
-        a = result.lora_A(key, whiten)
+        a = result.components[key]
+        if whiten:
+            a = _peft_whitened(key, a, result.singular_values[key])
         if a.shape[1] != _in_features(module):
             raise ValueError(
                 f"EVA components of {key!r} have {a.shape[1]} input features but the PEFT layer {name!r} has "
@@ -69,3 +74,16 @@ def _in_features(module: nn.Module) -> int:
     if isinstance(base, nn.Linear):
         return base.in_features
     return int(base.weight.shape[0])  # GPT-2 Conv1D stores (in, out)
+
+
+def _peft_whitened(name: str, components: Tensor, singular_values: Tensor) -> Tensor:
+    """PEFT's whitening (`peft.tuners.lora.eva`, `EvaConfig(whiten=True)`): row j divided by
+    `sqrt(sigma_j)`, sigma_j the j-th singular value of the layer's activation matrix (centred, as
+    PEFT's is, unless `EvaConfig.center=False`)."""
+    sv = singular_values[: components.shape[0]].to(torch.float32)
+    if sv.numel() < components.shape[0] or not torch.all(sv > 0):
+        raise ValueError(
+            f"PEFT whitening of {name!r} needs a positive singular value per component; got "
+            f"{sv.tolist()} for {components.shape[0]} components (degenerate activations?)"
+        )
+    return components.to(torch.float32) / sv.sqrt()[:, None]

@@ -51,13 +51,11 @@ class EvaResult:
     def names(self) -> list[str]:
         return list(self.ranks)
 
-    def lora_A(self, name: str, whiten: bool | None = None) -> Tensor:
-        """The LoRA A initialisation of `name`: its components, divided row-wise by sqrt(sigma) when
-        whitening (`whiten=None` follows `config.whiten`), as the reference implementation does."""
-        a = self.components[name]
-        if self.config.whiten if whiten is None else whiten:
-            a = a / self.singular_values[name].clamp_min(torch.finfo(a.dtype).tiny).sqrt()[:, None]
-        return a
+    def lora_A(self, name: str) -> Tensor:
+        """EVA's LoRA A initialisation of `name`: its components (orthonormal rows). The EVA-whiten
+        ablation scales them (`dt_eva.adapters` init "eva_whiten"); PEFT's whitening is an option of
+        `dt_eva.eva.peft_interop.to_peft_eva_state_dict`."""
+        return self.components[name]
 
     def summary(self) -> str:
         """A table: layer, rank, candidates kept, explained variance of the kept rows, converged."""

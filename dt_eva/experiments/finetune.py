@@ -204,9 +204,10 @@ def finish_finetune(setup: FinetuneSetup, result: TrainResult) -> dict:
     trainer, cfg, paths, mm = setup.trainer, setup.cfg, setup.paths, setup.method_model
     finished_before = result.start_step == result.steps and paths.summary.is_file()
     summary: dict[str, Any] = {}
+    if not finished_before:
+        trainer.save_model(paths.model)  # collective: rank 0 writes, every rank meets at its barrier
     if trainer.dist.is_main:
         if not finished_before:
-            trainer.save_model(paths.model)
             if mm.spec.kind == "adapter":
                 from dt_eva.adapters import save_adapters
 

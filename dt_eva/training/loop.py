@@ -145,6 +145,31 @@ class _LossModule(nn.Module):
         return self.loss_fn(self.model, batch)
 
 
+@dataclass
+class _Window:
+    """The steps since the last log line: per-step losses (checked for finiteness in batches, so the
+    device is synced only at log / checkpoint / evaluation steps), grad norms, tokens, wall clock."""
+
+    pending: list[torch.Tensor] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    grad_norms: list[torch.Tensor] = field(default_factory=list)
+    tokens: int = 0
+    seconds: float = 0.0
+    started: float = field(default_factory=time.perf_counter)
+
+    def add(self, loss: torch.Tensor, grad_norm: torch.Tensor, tokens: int) -> None:
+        self.pending.append(loss)
+        self.grad_norms.append(grad_norm)
+        self.tokens += tokens
+
+    def reset(self) -> None:
+        self.losses, self.grad_norms, self.tokens = [], [], 0
+        self.restart_clock()
+
+    def restart_clock(self) -> None:
+        self.started = time.perf_counter()
+
+
 class Trainer:
     """One training run writing to `files`; see the module docstring for the `Trainable` and the callback.
 
@@ -202,6 +227,7 @@ class Trainer:
         self.step = 0
         self._elapsed_before = 0.0  # training seconds of earlier sessions (from the checkpoint)
         self._last_loss = float("nan")
+        self._last_eval: dict[str, float] = {}
         self._stop_signal: int | None = None
 
     # --- checkpoints ------------------------------------------------------------------------------
@@ -268,7 +294,6 @@ class Trainer:
         Raises `NonFiniteLossError` (no checkpoint written for the bad steps) and
         `TrainingInterrupted` after saving a checkpoint on SIGINT / SIGTERM.
         """
-        cfg = self.train_cfg
         if resume and self.checkpoint_path.is_file():
             self.load_checkpoint()
         start_step = self.step
@@ -276,64 +301,21 @@ class Trainer:
             if self.dist.is_main else None
         bar = self._progress_bar(start_step)
         self._session_start = time.perf_counter()
-        last_eval: dict[str, float] = {}
-        tokens_done, train_seconds = 0, 0.0
-        window_losses: list[float] = []  # per-step losses (mean over ranks) since the last log line
-        window_grad_norms: list[torch.Tensor] = []
-        pending: list[torch.Tensor] = []  # per-step losses not yet checked for finiteness
-        window_start = time.perf_counter()
-        window_tokens = 0
+        window = _Window()
+        session = _Window()  # the whole session: tokens and pure training seconds
         self.model.train()
         old_handlers = self._install_signal_handlers()
         try:
-            while self.step < cfg.steps:
+            while self.step < self.train_cfg.steps:
                 t0 = time.perf_counter()
-                step = self.step + 1
-                loss, grad_norm, tokens = self._update(step)
-                pending.append(loss)
-                window_grad_norms.append(grad_norm)
-                tokens_done += tokens
-                window_tokens += tokens
-                self.step = step
+                loss, grad_norm, tokens = self._update(self.step + 1)
+                self.step += 1
+                window.add(loss, grad_norm, tokens)
+                session.tokens += tokens
+                session.seconds += time.perf_counter() - t0
                 if bar is not None:
                     bar.update(1)
-                train_seconds += time.perf_counter() - t0
-
-                is_last = step == cfg.steps
-                do_log = step % cfg.log_every == 0 or is_last
-                do_ckpt = step % cfg.ckpt_every == 0 or is_last
-                # Decided identically on every rank: the loss check below is a collective under DDP.
-                at_eval_step = cfg.eval_every > 0 and (step % cfg.eval_every == 0 or is_last)
-                do_eval = at_eval_step and self.eval_fn is not None  # rank 0 only in pre-training
-                stop = any_rank(self.dist, self._stop_signal is not None)
-                if pending and (do_log or do_ckpt or at_eval_step or stop):
-                    window_losses.extend(self._checked_losses(pending, step))
-                    pending = []
-                if do_log and logger is not None:
-                    elapsed = time.perf_counter() - window_start
-                    self._last_loss = sum(window_losses) / len(window_losses)
-                    scalars = {
-                        "loss": self._last_loss,
-                        "lr": self._lr_of_last_update(),
-                        "grad_norm": float(torch.stack(window_grad_norms).float().mean()),
-                        "tokens_per_s": window_tokens * self.dist.world_size / max(elapsed, 1e-9),
-                    }
-                    logger.log(step, scalars, tb_prefix="train/")
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{self._last_loss:.4f}", lr=f"{scalars['lr']:.2e}")
-                if do_log:
-                    if logger is None:
-                        self._last_loss = sum(window_losses) / len(window_losses)
-                    window_losses, window_grad_norms, window_tokens = [], [], 0
-                    window_start = time.perf_counter()
-                if do_eval:
-                    last_eval = self._evaluate(step, logger)
-                    window_start = time.perf_counter()
-                if do_ckpt or stop:
-                    self.save_checkpoint()
-                    window_start = time.perf_counter()
-                if stop and not is_last:
-                    raise TrainingInterrupted(step, self.checkpoint_path)
+                self._after_step(window, logger, bar)
         finally:
             self._restore_signal_handlers(old_handlers)
             if bar is not None:
@@ -341,15 +323,48 @@ class Trainer:
             if logger is not None:
                 logger.close()
         return TrainResult(
-            steps=self.step,
-            start_step=start_step,
-            final_loss=self._last_loss,
-            seconds=self._elapsed(),
-            tokens_per_s=tokens_done * self.dist.world_size / max(train_seconds, 1e-9),
-            last_eval=last_eval,
-            world_size=self.dist.world_size,
-            precision=precision_name(self.autocast_dtype),
+            steps=self.step, start_step=start_step, final_loss=self._last_loss, seconds=self._elapsed(),
+            tokens_per_s=session.tokens * self.dist.world_size / max(session.seconds, 1e-9),
+            last_eval=self._last_eval, world_size=self.dist.world_size, precision=precision_name(self.autocast_dtype),
         )
+
+    def _after_step(self, window: "_Window", logger: MetricsLogger | None, bar: Any) -> None:
+        """Log, evaluate, checkpoint or stop, as the cadence of `train` says for this step."""
+        cfg, step = self.train_cfg, self.step
+        is_last = step == cfg.steps
+        do_log = step % cfg.log_every == 0 or is_last
+        do_ckpt = step % cfg.ckpt_every == 0 or is_last
+        # Decided identically on every rank: the loss check below is a collective under DDP.
+        at_eval_step = cfg.eval_every > 0 and (step % cfg.eval_every == 0 or is_last)
+        stop = any_rank(self.dist, self._stop_signal is not None)
+        if window.pending and (do_log or do_ckpt or at_eval_step or stop):
+            window.losses.extend(self._checked_losses(window.pending, step))
+            window.pending = []
+        if do_log:
+            self._log(window, logger, bar)
+        if at_eval_step and self.eval_fn is not None:  # rank 0 only
+            self._last_eval = self._evaluate(step, logger)
+            window.restart_clock()
+        if do_ckpt or stop:
+            self.save_checkpoint()
+            window.restart_clock()
+        if stop and not is_last:
+            raise TrainingInterrupted(step, self.checkpoint_path)
+
+    def _log(self, window: "_Window", logger: MetricsLogger | None, bar: Any) -> None:
+        self._last_loss = sum(window.losses) / len(window.losses)
+        if logger is not None:
+            elapsed = time.perf_counter() - window.started
+            scalars = {
+                "loss": self._last_loss,
+                "lr": self._lr_of_last_update(),
+                "grad_norm": float(torch.stack(window.grad_norms).float().mean()),
+                "tokens_per_s": window.tokens * self.dist.world_size / max(elapsed, 1e-9),
+            }
+            logger.log(self.step, scalars, tb_prefix="train/")
+            if bar is not None:
+                bar.set_postfix(loss=f"{self._last_loss:.4f}", lr=f"{scalars['lr']:.2e}")
+        window.reset()
 
     def _update(self, step: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         """One optimizer update; returns (loss, grad norm) as device tensors (no host sync) and tokens."""
