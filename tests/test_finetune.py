@@ -317,3 +317,21 @@ def test_cli_runs_and_reports_errors(workspace, tmp_path, capsys):
     assert json.loads((run_dir / "summary.json").read_text())["rank"] == 3
     assert main([*common, "--method", "lora", "--rank", "3", "--run-dir", str(run_dir)]) == 1  # exists
     assert "--resume" in capsys.readouterr().err
+
+
+def test_heldout_loss_is_logged_at_every_evaluation_step(workspace, tmp_path):
+    from dt_eva.data import load_dataset
+    from dt_eva.evaluation.offline import heldout_batches, heldout_loss
+
+    run_dir = run_finetune(ft_cfg(workspace, tmp_path / "ho", "method=lora", "train.eval_every=2",
+                                  f"heldout_path={workspace['data']}"))
+    logged = {r["step"]: r["heldout/loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "heldout/loss" in r}
+    assert sorted(logged) == [2, 4]
+    model, _ = load_finetune_model(run_dir, merged=False)
+    batches = heldout_batches(load_dataset(workspace["data"], tasks=["hammer"]), "hammer-v3", 5, 200.0, 200.0)
+    assert sum(int(b["states"].shape[0]) for b in batches) == 2 * 40  # 2 episodes x 40 windows of 5 steps
+    assert logged[4] == pytest.approx(heldout_loss(model, batches), rel=1e-6)
+    assert json.loads((run_dir / "summary.json").read_text())["heldout_loss"] == logged[4]
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        run_finetune(ft_cfg(workspace, tmp_path / "ho2", "method=lora", f"heldout_path={tmp_path / 'none'}"))
+    assert not (tmp_path / "ho2").exists()

@@ -9,14 +9,13 @@ from typing import Any
 import torch
 
 from dt_eva.methods.eva_dt import compute_dt_eva, eva_summary
-from dt_eva.methods.registry import MethodSpec
 from dt_eva.runs.base import PretrainedBase
 from dt_eva.runs.configs import FinetuneConfig
 from dt_eva.runs.layout import EVA_RANKS_PLOT, EVA_SUMMARY
 from dt_eva.utils.io import atomic_dir
 
 
-def run_eva(cfg: FinetuneConfig, spec: MethodSpec, base: PretrainedBase, dataset: Any, task: str,
+def run_eva(cfg: FinetuneConfig, base: PretrainedBase, dataset: Any, task: str,
             device: torch.device, data_seed: int, autocast_dtype: torch.dtype | None = None) -> Any:
     """EVA on a throw-away copy of the pre-trained DT. `cfg.seed` is EVA's own seed (equal on every
     rank); `data_seed` picks the windows (per rank under DDP)."""
@@ -24,7 +23,7 @@ def run_eva(cfg: FinetuneConfig, spec: MethodSpec, base: PretrainedBase, dataset
     return compute_dt_eva(
         model, dataset, task, rank=cfg.rank, rho=cfg.rho, token_types=cfg.eva.token_types,
         batch_size=cfg.eva.batch_size, tau=cfg.eva.tau, max_batches=cfg.eva.max_batches, seed=cfg.seed,
-        data_seed=data_seed, whiten=spec.whiten, rtg_scale=cfg.data.rtg_scale, reward_scale=cfg.data.reward_scale,
+        data_seed=data_seed, rtg_scale=cfg.data.rtg_scale, reward_scale=cfg.data.reward_scale,
         device=device, progress=cfg.train.progress, autocast_dtype=autocast_dtype,
     )
 

@@ -85,6 +85,7 @@ class Validated:
     task: str
     base: PretrainedBase
     dataset: Any
+    heldout: Any = None  # the held-out episodes' dataset, when `heldout_path` is set
 
 
 def validate(cfg: FinetuneConfig) -> Validated:
@@ -120,7 +121,8 @@ def validate(cfg: FinetuneConfig) -> Validated:
                 f"AdaLoRA with train.steps={cfg.train.steps} leaves no pruning phase after tinit={tinit} and "
                 f"tfinal={tfinal} steps; use more steps or smaller adalora.tinit / adalora.tfinal fractions"
             )
-    return Validated(spec, task, base, dataset)
+    heldout = load_task_dataset(cfg.heldout_path, task) if cfg.heldout_path else None
+    return Validated(spec, task, base, dataset, heldout)
 
 
 def _largest_rank(cfg: FinetuneConfig, spec: MethodSpec) -> tuple[int, str]:
@@ -168,7 +170,7 @@ def _eva_for_run(cfg: FinetuneConfig, v: Validated, paths: RunPaths, dist: DistC
     if reuse and (paths.eva / "result.json").is_file():
         return load_eva_result(paths.eva)
     dtype = resolve_precision(cfg.train.precision, dist.device)
-    return run_eva(cfg, v.spec, v.base, v.dataset, v.task, dist.device, data_seed=rank_seed(cfg.seed, dist.rank),
+    return run_eva(cfg, v.base, v.dataset, v.task, dist.device, data_seed=rank_seed(cfg.seed, dist.rank),
                    autocast_dtype=dtype)
 
 
@@ -181,15 +183,11 @@ def _build_trainer(cfg: FinetuneConfig, v: Validated, mm: MethodModel, paths: Ru
     sampler = WindowSampler(v.dataset, model_cfg.context_len, batch, rtg_scale=cfg.data.rtg_scale,
                             reward_scale=cfg.data.reward_scale, seed=rank_seed(cfg.seed, dist.rank), tasks=[v.task])
     train_cfg = cfg.train
-    if train_cfg.eval_episodes > 0 and train_cfg.eval_every == 0:
+    if (train_cfg.eval_episodes > 0 or v.heldout is not None) and train_cfg.eval_every == 0:
         # evaluate once, at the last step, through the loop: metrics.jsonl and TensorBoard get it too
         train_cfg = dataclasses.replace(train_cfg, eval_every=train_cfg.steps)
     eval_results: dict[int, dict] = {}
-    eval_fn = None
-    if train_cfg.eval_every > 0 and train_cfg.eval_episodes > 0 and dist.is_main:
-        targets = target_returns(v.dataset, [v.task])
-        eval_fn = make_eval_fn([v.task], targets, cfg.data, cfg.train.eval_episodes, cfg.seed, dist.device,
-                               eval_results)
+    eval_fn = _eval_callback(cfg, v, dist, eval_results) if train_cfg.eval_every > 0 and dist.is_main else None
     trainer = Trainer(
         mm, sampler, cfg.optim, train_cfg, paths, dist=dist, eval_fn=eval_fn,
         tokens_per_sample=model_cfg.context_len * model_cfg.tokens_per_step,
@@ -197,6 +195,23 @@ def _build_trainer(cfg: FinetuneConfig, v: Validated, mm: MethodModel, paths: Ru
         find_unused_parameters=False,
     )
     return trainer, eval_results
+
+
+def _eval_callback(cfg: FinetuneConfig, v: Validated, dist: DistContext, results: dict[int, dict]) -> Any:
+    """Online success on the task (`train.eval_episodes` > 0) and the held-out action MSE (`heldout_path`)."""
+    parts = []
+    if cfg.train.eval_episodes > 0:
+        parts.append(make_eval_fn([v.task], target_returns(v.dataset, [v.task]), cfg.data, cfg.train.eval_episodes,
+                                  cfg.seed, dist.device, results))
+    if v.heldout is not None:
+        from dt_eva.evaluation.offline import heldout_batches, heldout_loss
+
+        batches = heldout_batches(v.heldout, v.task, v.base.model_cfg.context_len, cfg.data.rtg_scale,
+                                  cfg.data.reward_scale)
+        parts.append(lambda model, step: {"heldout/loss": heldout_loss(model, batches)})
+    if not parts:
+        return None
+    return lambda model, step: {k: val for part in parts for k, val in part(model, step).items()}
 
 
 def finish_finetune(setup: FinetuneSetup, result: TrainResult) -> dict:
@@ -242,4 +257,5 @@ def _summary(setup: FinetuneSetup, result: TrainResult, final_eval: dict | None)
         "lr": cfg.optim.lr, "tokens_per_s": result.tokens_per_s, "world_size": result.world_size,
         "device": str(setup.trainer.device), "precision": result.precision, "pretrain": setup.base.identity(),
         "eval": (final_eval or {}).get("mean"), "resumed_from_step": result.start_step or None,
+        "heldout_loss": result.last_eval.get("heldout/loss"),
     }

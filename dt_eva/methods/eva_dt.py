@@ -57,7 +57,6 @@ def compute_dt_eva(
     max_batches: int,
     seed: int,
     data_seed: int | None = None,
-    whiten: bool = False,
     target_modules: Sequence[str] | None = None,
     rtg_scale: float = 200.0,
     reward_scale: float = 200.0,
@@ -81,7 +80,7 @@ def compute_dt_eva(
         raise ValueError("eva.token_types is empty; choose some of state, rtg, action, reward")
     targets = list(target_modules if target_modules is not None else DT_ADAPTER_TARGETS)
     config = EvaConfig(
-        rank=rank, rho=float(rho), tau=float(tau), whiten=whiten, max_batches=max_batches, seed=seed,
+        rank=rank, rho=float(rho), tau=float(tau), max_batches=max_batches, seed=seed,
         progress=progress,
     )
     # token_mask validates the types against the model's layout up front, before any forward pass

@@ -17,7 +17,7 @@ class MethodSpec:
     adapter:  "lora" | "dora" for kind "adapter".
     init:     the initialiser of `dt_eva.adapters.inject_adapters`.
     eva:      EVA runs before injection (its ranks and/or components are used), so rho matters.
-    whiten:   the EVA-whiten ablation (components scaled by the paper's reciprocal singular values).
+    whiten:   the EVA-whiten ablation (each component divided by its covariance eigenvalue, as the paper states).
     paper:    a row of the paper's Table 6 (False: an ablation of Table 7).
     """
 

@@ -134,6 +134,8 @@ class FinetuneConfig:
     paper uses 1). adapter_dropout: dropout on adapter inputs. dropout: the DT's dropout while
     fine-tuning (null keeps the pre-trained model's). name / run_dir: "" derive them from the
     pre-training run, task, method, rank and seed. export_merged: also write `merged_model.pt`.
+    heldout_path: a dataset holding other episodes of the task (e.g. collected with another seed);
+    the action MSE on all of them is logged as `heldout/loss` at every evaluation step.
     """
 
     checkpoint: str = ""
@@ -150,6 +152,7 @@ class FinetuneConfig:
     run_dir: str = ""
     seed: int = 0
     export_merged: bool = False
+    heldout_path: str = ""  # a dataset with other episodes of the task: its action MSE is logged as heldout/loss
     data: DataConfig = field(default_factory=_cw10_data)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: FinetuneTrainConfig = field(default_factory=FinetuneTrainConfig)

@@ -1,0 +1,44 @@
+"""Offline evaluation: the action MSE of a policy on held-out episodes (the low-noise metric the CW10
+study logs beside online success). Every window of every held-out episode at a fixed stride, so the
+value is deterministic and comparable between runs and steps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dt_eva.data import WindowSampler
+from dt_eva.envs import EPISODE_LENGTH
+
+
+def heldout_batches(dataset: Any, task: str, context_len: int, rtg_scale: float, reward_scale: float,
+                    stride: int | None = None, batch_size: int = 256) -> list[dict[str, torch.Tensor]]:
+    """All windows of `task`'s episodes in `dataset` starting every `stride` steps (default: the
+    context length, i.e. non-overlapping windows), in batches of `batch_size`."""
+    sampler = WindowSampler(dataset, context_len, 1, rtg_scale=rtg_scale, reward_scale=reward_scale, tasks=[task])
+    stride = int(stride or context_len)
+    starts = np.arange(0, EPISODE_LENGTH - context_len + 1, stride, dtype=np.int64)
+    episodes = np.repeat(np.arange(sampler.num_episodes, dtype=np.int64), len(starts))
+    starts = np.tile(starts, sampler.num_episodes)
+    tasks = np.zeros_like(episodes)
+    return [sampler.gather(tasks[i:i + batch_size], episodes[i:i + batch_size], starts[i:i + batch_size])
+            for i in range(0, len(episodes), batch_size)]
+
+
+@torch.no_grad()
+def heldout_loss(model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> float:
+    """The mean action MSE over every window of `batches`, in eval mode (dropout off), in fp32."""
+    was_training = model.training
+    model.eval()
+    try:
+        total, count = 0.0, 0
+        for batch in batches:
+            n = int(batch["states"].shape[0])
+            total += float(model.loss(batch)) * n
+            count += n
+        return total / max(count, 1)
+    finally:
+        model.train(was_training)
