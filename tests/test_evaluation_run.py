@@ -23,8 +23,9 @@ def dataset_dir(tmp_path_factory):
 def make_run(root, dataset_path, eval_tasks=("reach",)):
     """A pre-training run directory as `dt-eva pretrain` leaves it (config, meta, weights)."""
     from dt_eva.config import save_config
+    from dt_eva.runs.configs import PretrainConfig
+    from dt_eva.runs.marker import write_meta
     from dt_eva.training.configs import DataConfig, TrainConfig
-    from dt_eva.training.pretrain import PretrainConfig
 
     run = root / "run"
     model_cfg = DTConfig.tiny(hidden_size=32, n_layer=1, n_head=2, context_len=4)
@@ -35,14 +36,16 @@ def make_run(root, dataset_path, eval_tasks=("reach",)):
     )
     run.mkdir(parents=True)
     save_config(cfg, run / "config.yaml")
-    (run / "meta.json").write_text(json.dumps({"kind": "pretrain"}))
+    write_meta(run, "pretrain")
     torch.manual_seed(0)
     torch.save(DecisionTransformer(model_cfg).state_dict(), run / "model.pt")
     return run
 
 
 @pytest.mark.slow
-def test_evaluate_run_writes_eval_json_with_dataset_targets(tmp_path, dataset_dir):
+def test_evaluate_run_keeps_a_record_with_dataset_targets(tmp_path, dataset_dir):
+    from dt_eva.runs.evals import read_eval_records
+
     run = make_run(tmp_path, dataset_dir)
     result = evaluate_run(run, episodes=2, progress=False)  # tasks: the run's eval_tasks
     assert list(result["tasks"]) == ["reach-v3"]
@@ -50,9 +53,15 @@ def test_evaluate_run_writes_eval_json_with_dataset_targets(tmp_path, dataset_di
     assert result["tasks"]["reach-v3"]["target_return"] == pytest.approx(best)
     assert result["rtg_scale"] == 300.0 and result["reward_scale"] == 50.0  # the run's own scaling
     assert json.loads((run / "eval.json").read_text()) == json.loads(json.dumps(result))
-    per_task = json.loads((run / "eval" / "reach-v3.json").read_text())
-    assert per_task["task"] == "reach-v3" and per_task["episodes"] == 2
-    assert not list(run.glob(".*tmp*")) and not list((run / "eval").glob(".*"))  # no temp files left
+    [record] = read_eval_records(run)
+    assert record["result"] == json.loads(json.dumps(result))
+    assert record["settings"] == {"episodes": 2, "seed": 0, "tasks": ["reach-v3"],
+                                  "target_returns": {"reach-v3": pytest.approx(best)},
+                                  "rtg_scale": 300.0, "reward_scale": 50.0}
+    assert record["model"] == {"weights": "model.pt", "step": None}
+    assert (run / "evals" / f"{record['key']}.json").is_file() and record["key"].startswith("ep2-seed0-")
+    assert not (run / "eval").exists()  # dt-eva 0.1.0's per-task files are no longer written
+    assert not list(run.glob(".*tmp*")) and not list((run / "evals").glob(".*"))  # no temp files left
 
 
 @pytest.mark.slow
@@ -64,7 +73,7 @@ def test_cli_prints_table_with_mean_row_last(tmp_path, dataset_dir, capsys):
     assert code == 0
     rows = [line.split()[0] for line in out.splitlines() if line and not line.startswith("-")]
     assert rows[:4] == ["task", "reach-v3", "push-v3", "mean"]
-    assert "700.0" in out and "eval.json" in out
+    assert "700.0" in out and f"wrote {run / 'evals'}/ep1-seed0-" in out
     saved = json.loads((run / "eval.json").read_text())
     assert saved["tasks"]["push-v3"]["target_return"] == 700.0
 
@@ -85,7 +94,7 @@ def test_cli_errors_say_what_to_do(tmp_path, dataset_dir, capsys):
     (run / "model.pt").unlink()
     assert main(["evaluate", "--run", str(run), "--target-return", "1"]) == 1
     assert "model.pt" in capsys.readouterr().err
-    assert not (run / "eval.json").exists()
+    assert not (run / "eval.json").exists() and not (run / "evals").exists()
 
 
 def test_missing_dataset_asks_for_target_return(tmp_path):

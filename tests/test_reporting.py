@@ -23,14 +23,16 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def write_run(root: Path, name: str, *, kind: str = "finetune", task: str | None = None, method: str | None = None,
               rank: int | None = None, rho: float | None = None, seed: int = 0, lr: float = 1e-4,
               evals: dict[str, tuple[float, float]] | None = None, checkpoint: str | None = None,
-              eva_ranks: dict[str, int] | None = None, finished: bool = True, steps: int = 100) -> Path:
+              eva_ranks: dict[str, int] | None = None, finished: bool = True, steps: int = 100,
+              episodes: int = 10) -> Path:
     """A run directory as `dt-eva pretrain/finetune` + `dt-eva evaluate` leave it.
 
     `evals`: {task: (success_any, success_final)}; None = not evaluated.
     """
     run = root / name
     run.mkdir(parents=True)
-    (run / "meta.json").write_text(json.dumps({"kind": kind, "versions": {}, "command": [], "created": "now"}))
+    (run / "meta.json").write_text(json.dumps({"package": "dt-eva", "kind": kind, "run_id": name, "versions": {},
+                                               "command": [], "created": "now"}))
     config = {"name": name, "seed": seed, "optim": {"lr": lr}}
     if kind == "finetune":
         config.update(task=task, method=method, rank=rank, rho=rho, checkpoint=checkpoint)
@@ -45,9 +47,9 @@ def write_run(root: Path, name: str, *, kind: str = "finetune", task: str | None
         (run / "summary.json").write_text(json.dumps(summary))
     if evals is not None:
         tasks = {t: {"success_any": a, "success_final": f, "return_mean": 100.0 * a, "return_std": 1.0,
-                     "episodes": 10, "target_return": 500.0} for t, (a, f) in evals.items()}
+                     "episodes": episodes, "target_return": 500.0} for t, (a, f) in evals.items()}
         mean = {k: sum(v[k] for v in tasks.values()) / len(tasks) for k in ("success_any", "success_final")}
-        (run / "eval.json").write_text(json.dumps({"tasks": tasks, "mean": mean, "episodes": 10, "seed": 0}))
+        (run / "eval.json").write_text(json.dumps({"tasks": tasks, "mean": mean, "episodes": episodes, "seed": 0}))
     if eva_ranks is not None:
         (run / "eva").mkdir()
         (run / "eva" / "result.json").write_text(json.dumps({"ranks": eva_ranks}))
@@ -210,3 +212,50 @@ def test_cli_report_prints_tables_and_files(runs_root: Path, tmp_path: Path, cap
     (tmp_path / "empty").mkdir()
     assert main(["report", str(tmp_path / "empty"), "--out", str(out)]) == 1
     assert "no run directories found" in capsys.readouterr().err
+
+
+def test_every_table_states_its_evaluation_size(runs_root: Path, tmp_path: Path):
+    report = build_report(runs_root, tmp_path / "out", plots=False)
+    for name, md in report["tables"].items():
+        assert "Episodes: every cell comes from evaluations of 10 episodes per task" in md, name
+    assert "| LoRA | r=4 | 3 | 10 |" in report["tables"]["table6_success_any"]
+    assert read_csv(tmp_path / "out" / "table6_success_any.csv")["lora|r=4"]["episodes"] == "10"
+
+
+def test_mixed_evaluation_sizes_are_named_in_the_footnote(runs_root: Path, tmp_path: Path):
+    write_run(runs_root, "hammer-dora-s0", task="hammer", method="dora", rank=4, evals={"hammer-v3": (1.0, 1.0)},
+              episodes=1)
+    report = build_report(runs_root, tmp_path / "out", plots=False)
+    table6 = report["tables"]["table6_success_any"]
+    assert "| DoRA | r=4 | 1 | 1 |" in table6
+    # the table's rows use 17 runs of 10 episodes (pre-trained 1, FFT 6, LoRA r=4 6, EVA 4): more than a
+    # footnote should list, so they are counted; the odd one out is named
+    assert "10 episodes per task: 17 runs; 1 episode per task: hammer-dora-s0." in table6, table6
+    assert any("differ in size (1, 10 episodes per task)" in w for w in report["warnings"])
+
+
+def test_out_folder_with_other_files_is_refused_untouched(runs_root: Path, tmp_path: Path):
+    out = tmp_path / "thesis"
+    out.mkdir()
+    (out / "chapter1.tex").write_text("precious")
+    with pytest.raises(ValueError, match="not a dt-eva report"):
+        build_report(runs_root, out, plots=False)
+    assert [p.name for p in out.iterdir()] == ["chapter1.tex"]
+
+
+def test_an_older_report_is_replaced_as_a_whole(runs_root: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    build_report(runs_root, out, plots=False)
+    (out / "table7_stale.csv").write_text("from an older report\n")
+    build_report(runs_root, out, plots=False)
+    assert not (out / "table7_stale.csv").exists() and (out / "table6_success_any.csv").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no temporaries left
+
+
+def test_damaged_evaluation_files_are_named_and_the_others_used(tmp_path: Path):
+    run = write_run(tmp_path / "runs", "a", task="hammer", method="lora", rank=4, evals={"hammer-v3": (0.5, 0.5)})
+    (run / "evals").mkdir()
+    (run / "evals" / "ep30-seed0-deadbeef.json").write_bytes(b"\xff{")
+    report = build_report(tmp_path / "runs", tmp_path / "out", plots=False)
+    assert any(f"{run / 'evals' / 'ep30-seed0-deadbeef.json'} is corrupt" in w for w in report["warnings"])
+    assert float(read_csv(tmp_path / "out" / "table6_success_any.csv")["lora|r=4"]["hammer-v3_mean"]) == 0.5

@@ -40,7 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dt_eva.data import collect_dataset, dataset_summary
+    from dt_eva.utils.io import check_writable_dir
 
+    check_writable_dir(args.out)  # before any rollout: a read-only --out fails here
     result = collect_dataset(
         args.out,
         args.tasks,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import sys
 from typing import Any
 
 HELP = "Online Meta-World rollouts of a run's model; success rates per task."
@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--num-envs", type=int, default=None,
         help="envs stepped in lock-step, one model forward per step (default: all episodes, at most 64)",
     )
-    parser.add_argument("--device", default="cpu", help="torch device for the model (default cpu)")
+    parser.add_argument("--device", default="cpu", help="torch device for the model: cpu, cuda, cuda:N or auto (default cpu)")
     parser.add_argument(
         "--threads", type=int, default=None,
         help="torch intra-op threads (default: torch's; 1 is faster on a busy CPU, see docs/benchmarks.md)",
@@ -35,8 +35,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
+def check_device(spec: str) -> str:
+    """The torch device `spec` names, checked to exist here before any work; a `ValueError` otherwise."""
+    import torch
+
+    from dt_eva.training.precision import resolve_device
+
+    try:
+        device = resolve_device(spec)
+    except RuntimeError:  # torch.device() rejects the string
+        raise ValueError(f"--device {spec!r} is not a torch device; use cpu, cuda, cuda:N or auto") from None
+    except ValueError:
+        raise ValueError(f"--device {spec!r} but CUDA is not available in this torch ({torch.__version__}); "
+                         "use --device cpu") from None
+    try:
+        torch.empty(0, device=device)  # e.g. cuda:3 on a one-GPU machine
+    except (RuntimeError, AssertionError) as e:
+        raise ValueError(f"--device {spec!r} cannot be used here: {str(e).splitlines()[0]}") from None
+    return str(device)
+
+
 def run(args: argparse.Namespace) -> int:
     from dt_eva.evaluation import evaluate_run
+    from dt_eva.evaluation.run_eval import EvaluationNotSaved
+    from dt_eva.runs.evals import best_eval, record_path
 
     if args.threads is not None:
         if args.threads < 1:
@@ -44,23 +66,32 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    result = evaluate_run(
-        args.run,
-        tasks=args.tasks,
-        episodes=args.episodes,
-        seed=args.seed,
-        target_return=args.target_return,
-        num_envs=args.num_envs,
-        device=args.device,
-        video=args.video,
-        progress=args.progress,
-        asynchronous=args.asynchronous,
-    )
+    device = check_device(args.device)
+    try:
+        result = evaluate_run(
+            args.run,
+            tasks=args.tasks,
+            episodes=args.episodes,
+            seed=args.seed,
+            target_return=args.target_return,
+            num_envs=args.num_envs,
+            device=device,
+            video=args.video,
+            progress=args.progress,
+            asynchronous=args.asynchronous,
+        )
+    except EvaluationNotSaved as e:
+        print(f"dt-eva evaluate: error: {e}", file=sys.stderr)
+        return 1
     print(format_table(result))
     print(
         f"\n{result['episodes']} episodes per task, seed {result['seed']}, {result['seconds']:.1f} s "
-        f"({result['env_steps_per_s']:.0f} env-steps/s in rollouts); wrote {Path(args.run) / 'eval.json'}"
+        f"({result['env_steps_per_s']:.0f} env-steps/s in rollouts); wrote {record_path(args.run, result)}"
     )
+    largest = best_eval(args.run)
+    if largest is not None and largest["settings"]["episodes"] > result["episodes"]:
+        print(f"eval.json keeps the larger evaluation ({largest['settings']['episodes']} episodes per task, "
+              f"evals/{largest['key']}.json); reports use it")
     for task, path in result.get("videos", {}).items():
         print(f"video {task}: {path}")
     return 0

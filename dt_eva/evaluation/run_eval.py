@@ -1,17 +1,29 @@
 """`evaluate_run`: evaluate the policy of a run directory and store the result there.
 
-Writes (atomically) `eval.json` (the `evaluate_policy` dict) and `eval/<task>.json` (that task's
-entry plus the evaluation settings), and `videos/<task>.gif` with `video=True` when rendering works.
+The result is kept as one record among the run's evaluations (`dt_eva.runs.evals`: `evals/<key>.json`,
+and `eval.json` when it is the largest); `videos/<task>.gif` with `video=True` when rendering works.
+Finished rollouts are never lost: the run directory must be writable before they start, and if the
+write fails anyway, the record goes to a fallback file that the error names.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
 from dt_eva.envs import resolve_tasks
 from dt_eva.evaluation.evaluate import evaluate_policy
-from dt_eva.utils.io import atomic_write_json
+from dt_eva.runs.evals import new_eval_record, write_eval_record
+from dt_eva.runs.layout import RunPaths
+from dt_eva.utils.io import atomic_write_json, check_writable_dir
+
+
+class EvaluationNotSaved(OSError):
+    """The rollouts finished but their result could not be written into the run directory."""
 
 
 def evaluate_run(
@@ -27,7 +39,7 @@ def evaluate_run(
     *,
     asynchronous: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate the model of `run_dir` online and write `eval.json` into it; returns the result.
+    """Evaluate the model of `run_dir` online and keep the result in it; returns the result.
 
     `tasks=None`: the run's own tasks (its fine-tuning task, or the pre-training run's
     `train.eval_tasks`, else its training tasks). Target returns: `target_return` for every task
@@ -39,12 +51,14 @@ def evaluate_run(
             f"run directory {run_dir} does not exist; train a model first with `dt-eva pretrain` "
             "or `dt-eva finetune` (or check the --run path)"
         )
-    if not (run_dir / "model.pt").is_file() and not (run_dir / "checkpoints" / "last.pt").is_file():
+    paths = RunPaths(run_dir)
+    if not paths.model.is_file() and not paths.last_checkpoint.is_file():
         raise FileNotFoundError(
             f"{run_dir} holds no weights (neither model.pt nor checkpoints/last.pt); run or resume its "
             "training first (`dt-eva pretrain` / `dt-eva finetune`)"
         )
     task_list = resolve_tasks(tasks) if tasks is not None else None  # bad names fail before loading
+    _check_writable(run_dir)
 
     from dt_eva.runs import load_run_model
 
@@ -52,19 +66,7 @@ def evaluate_run(
     if task_list is None:
         task_list = _run_tasks(info, run_dir)
 
-    if target_return is not None:
-        targets: Any = float(target_return)
-    else:
-        known = info.get("target_returns") or {}
-        missing = [t for t in task_list if t not in known]
-        if missing:
-            reason = info.get("dataset_error") or f"the run's training data has no episodes of {missing}"
-            raise ValueError(
-                f"no target return for {missing}: {reason}. Pass one with --target-return X "
-                "(the paper uses the best return in the task's training data)"
-            )
-        targets = {t: float(known[t]) for t in task_list}
-
+    targets = _target_returns(info, task_list, target_return)
     result = evaluate_policy(
         model,
         task_list,
@@ -76,14 +78,63 @@ def evaluate_run(
         num_envs=num_envs,
         device=device,
         progress=progress,
-        video_dir=run_dir / "videos" if video else None,
+        video_dir=paths.videos if video else None,
         asynchronous=asynchronous,
     )
-    settings = {k: result[k] for k in ("episodes", "seed", "rtg_scale", "reward_scale")}
-    for task, entry in result["tasks"].items():
-        atomic_write_json(run_dir / "eval" / f"{task}.json", {"task": task, **entry, **settings})
-    atomic_write_json(run_dir / "eval.json", result)
+    model_info = {"weights": os.path.relpath(info["weights"], run_dir) if info.get("weights") else None,
+                  "step": info.get("step")}
+    try:
+        write_eval_record(run_dir, result, model=model_info)
+    except OSError as e:
+        raise EvaluationNotSaved(_not_saved_message(run_dir, new_eval_record(result, model_info), e)) from e
     return result
+
+
+def _target_returns(info: dict[str, Any], task_list: list[str], target_return: float | None) -> Any:
+    """`target_return` for every task if given, else each task's best return in the run's training data."""
+    if target_return is not None:
+        return float(target_return)
+    known = info.get("target_returns") or {}
+    missing = [t for t in task_list if t not in known]
+    if missing:
+        reason = info.get("dataset_error") or f"the run's training data has no episodes of {missing}"
+        raise ValueError(
+            f"no target return for {missing}: {reason}. Pass one with --target-return X "
+            "(the paper uses the best return in the task's training data)"
+        )
+    return {t: float(known[t]) for t in task_list}
+
+
+def _check_writable(run_dir: Path) -> None:
+    """Before any rollout: the result must be writable where it goes."""
+    paths = RunPaths(run_dir)
+    check_writable_dir(run_dir)
+    if paths.evals.exists():
+        check_writable_dir(paths.evals)
+
+
+def _not_saved_message(run_dir: Path, record: dict[str, Any], error: OSError) -> str:
+    """Save the record where it can be saved and say where; as a last resort, print the result itself."""
+    reason = f"{error.strerror or error}" + (f": {error.filename}" if error.filename else "")
+    target = RunPaths(run_dir).evals / f"{record['key']}.json"
+    for folder in (os.curdir, tempfile.gettempdir()):
+        fallback = None
+        try:
+            fd, fallback = tempfile.mkstemp(prefix=f"dt-eva-eval-{run_dir.name}-{record['key']}.", suffix=".json",
+                                            dir=folder)
+            os.close(fd)
+            atomic_write_json(fallback, record)
+            fallback = os.path.abspath(fallback)
+        except OSError:
+            if fallback is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(fallback)
+            continue
+        return (f"the evaluation of {run_dir} finished but could not be written there ({reason}). "
+                f"The finished rollouts are saved in {fallback}: move that file to {target} once the "
+                "folder is writable (reports then use it)")
+    return (f"the evaluation of {run_dir} finished but could not be written there ({reason}), nor to "
+            f"the current folder or {tempfile.gettempdir()}. The record for {target}: {json.dumps(record)}")
 
 
 def _run_tasks(info: dict[str, Any], run_dir: Path) -> list[str]:

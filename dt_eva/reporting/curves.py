@@ -12,9 +12,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
-from dt_eva.reporting.rundirs import RunRecord
-from dt_eva.utils.io import read_metrics
-from dt_eva.utils.io import atomic_path
+from dt_eva.runs.records import RunRecord
+from dt_eva.utils.io import atomic_path, read_metrics
 
 
 def _mean_by_step(series: list[list[tuple[int, float]]]) -> tuple[list[int], list[float]]:
@@ -40,26 +39,29 @@ def _smooth(values: list[float], points: int = 50) -> list[float]:
     return out
 
 
-def run_curves(run: RunRecord, task: str | None = None) -> dict[str, list[tuple[int, float]]]:
+def run_curves(run: RunRecord, task: str | None = None,
+               problems: list[str] | None = None) -> dict[str, list[tuple[int, float]]]:
     """`{"loss": [(step, loss)], "success": [(step, success_any)]}` of one run.
 
     Success points come from in-training evaluation lines (`eval/<task>/success_any`, else
-    `eval/success_any`), plus the final `eval.json` at the run's last step.
+    `eval/success_any`), plus the run's largest evaluation at its last step. Bad lines of
+    `metrics.jsonl` are skipped and named in `problems`.
     """
     loss: list[tuple[int, float]] = []
     success: list[tuple[int, float]] = []
     keys = ([f"eval/{task}/success_any"] if task else []) + ["eval/success_any"]
-    rows = read_metrics(run.metrics_path) if run.metrics_path else []
+    rows = read_metrics(run.metrics_path, problems) if run.metrics_path else []
     for row in rows:
-        step = int(row["step"])
-        if isinstance(row.get("loss"), (int, float)) and math.isfinite(row["loss"]):
+        step = row["step"]
+        if _is_number(row.get("loss")) and math.isfinite(row["loss"]):
             loss.append((step, float(row["loss"])))
         for k in keys:
-            if isinstance(row.get(k), (int, float)):
+            if _is_number(row.get(k)):
                 success.append((step, float(row[k])))
                 break
     if run.eval is not None:
-        final_step = (run.summary or {}).get("steps") or max((int(r["step"]) for r in rows), default=0)
+        steps = (run.summary or {}).get("steps")
+        final_step = steps if isinstance(steps, int) else max((r["step"] for r in rows), default=0)
         entry = run.eval["tasks"].get(task) if task else None
         value = (entry or run.eval.get("mean") or {}).get("success_any")
         if value is not None and not any(s == final_step for s, _ in success):
@@ -68,9 +70,15 @@ def run_curves(run: RunRecord, task: str | None = None) -> dict[str, list[tuple[
     return {"loss": loss, "success": success}
 
 
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def plot_learning_curves(groups: dict[str, Sequence[RunRecord]], path: str | os.PathLike, title: str,
-                         task: str | None = None) -> Path:
-    """Two panels, loss and success (any step) vs updates; one line per group (mean over its seeds)."""
+                         task: str | None = None, problems: list[str] | None = None) -> Path:
+    """Two panels, loss and success (any step) vs updates; one line per group (mean over its seeds).
+
+    Bad lines of the runs' `metrics.jsonl` are skipped and named in `problems`."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -80,7 +88,7 @@ def plot_learning_curves(groups: dict[str, Sequence[RunRecord]], path: str | os.
     any_loss = any_success = False
     all_losses: list[float] = []
     for label, runs in groups.items():
-        curves = [run_curves(r, task) for r in runs]
+        curves = [run_curves(r, task, problems) for r in runs]
         steps, loss = _mean_by_step([c["loss"] for c in curves])
         if steps:
             any_loss = True

@@ -7,8 +7,8 @@ import io
 import math
 from dataclasses import dataclass, field
 
-from dt_eva.reporting.rundirs import RunRecord
-from dt_eva.reporting.tables import order_tasks, short_task_name
+from dt_eva.reporting.tables import episodes_footnote, order_tasks, short_task_name
+from dt_eva.runs.records import RunRecord
 
 
 @dataclass
@@ -65,10 +65,9 @@ def build_pretrain_table(runs: list[RunRecord]) -> PretrainTable | None:
     if not runs:
         return None
     tasks = order_tasks({t for r in runs for t in r.eval["tasks"]})  # type: ignore[index]
-    episodes = sorted({int(r.eval.get("episodes", 0)) for r in runs})  # type: ignore[union-attr]
     notes = [
         "Success rate over the evaluation episodes of each run (any: success at any step; final: at the "
-        f"last step); episodes per task: {', '.join(map(str, episodes))}. Avg.: mean over the listed tasks "
-        "the run was evaluated on."
+        "last step). Avg.: mean over the listed tasks the run was evaluated on.",
+        episodes_footnote({str(r.path): int(r.eval_episodes or 0) for r in runs}),
     ]
     return PretrainTable("pretrain_success", "Pre-training runs: success per task", runs, tasks, notes)

@@ -7,8 +7,8 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
+from dt_eva.methods.registry import method_label, method_sort_key
 from dt_eva.reporting.pretrain_table import build_pretrain_table
-from dt_eva.reporting.rundirs import RunRecord, find_run_dirs, load_run
 from dt_eva.reporting.tables import (
     METRICS,
     ConfigKey,
@@ -18,13 +18,12 @@ from dt_eva.reporting.tables import (
     build_table6,
     build_table19,
     collect_config_results,
-    full_task_name,
-    method_label,
-    method_sort_key,
     order_tasks,
     short_task_name,
 )
-from dt_eva.utils.io import atomic_write_text
+from dt_eva.runs.layout import SUMMARY
+from dt_eva.runs.records import RunRecord, find_run_dirs, full_task_name, load_run
+from dt_eva.utils.io import atomic_dir, atomic_write_text, check_writable_dir
 
 PathLike = str | os.PathLike
 
@@ -38,26 +37,32 @@ def _triage(runs: list[RunRecord]) -> tuple[list[RunRecord], list[dict[str, str]
     usable, skipped, warnings = [], [], []
     for run in runs:
         reason = None
+        summary_corrupt = SUMMARY in run.corrupt
         if run.eval is None:
             problems = "; ".join(run.problems)
-            if run.summary is None:
+            if summary_corrupt:
+                reason = f"{run.path / SUMMARY} is corrupt, and the run has no usable evaluation ({problems})"
+            elif run.summary is None:
                 reason = (f"training did not finish (no summary.json): resume it with `dt-eva {run.kind} ... "
                           f"--resume`, then {_evaluate_hint(run)}")
+            elif run.kind == "finetune" and run.evaluations:
+                reason = (f"no evaluation on its fine-tuning task {run.task}: "
+                          f"run `dt-eva evaluate --run {run.path} --tasks {run.task}`")
             else:
-                reason = f"no eval.json ({problems or 'not evaluated yet'}): {_evaluate_hint(run)}"
+                reason = f"no evaluation ({problems or 'not evaluated yet'}): {_evaluate_hint(run)}"
         elif run.kind not in ("pretrain", "finetune"):
             reason = "unknown run kind (meta.json / summary.json lack 'kind')"
-        elif run.kind == "finetune":
-            if run.method is None or run.task is None:
-                reason = "summary.json / config.yaml lack the fine-tuning 'method' or 'task'"
-            elif full_task_name(str(run.task)) not in run.eval["tasks"]:
-                reason = (f"eval.json has no result for its fine-tuning task {run.task}: "
-                          f"run `dt-eva evaluate --run {run.path} --tasks {run.task}`")
+        elif run.kind == "finetune" and (run.method is None or run.task is None):
+            reason = "summary.json / config.yaml lack the fine-tuning 'method' or 'task'"
         if reason:
             skipped.append({"run": str(run.path), "reason": reason})
             continue
-        if run.summary is None:
+        if summary_corrupt:
+            warnings.append(f"{run.path / SUMMARY} is corrupt; the run is reported from its config.yaml and "
+                            "evaluation")
+        elif run.summary is None:
             warnings.append(f"{run.path}: evaluated, but training did not finish (no summary.json)")
+        warnings += [p for p in run.problems if f"{run.path / SUMMARY} " not in p]
         usable.append(run)
     return usable, skipped, warnings
 
@@ -85,8 +90,9 @@ def _pretrained_baselines(usable: list[RunRecord], metric: str) -> list[tuple[st
         per_seed = {t: {run.seed: float(e[metric])} for t, e in run.eval["tasks"].items()  # type: ignore[index]
                     if e.get(metric) is not None}
         if per_seed:
-            rows.append((f"Pre-trained ({run.name})", ConfigResult(ConfigKey("pretrained", None, None, None), per_seed,
-                                                                   [str(run.path)])))
+            key = ConfigKey("pretrained", None, None, None)
+            rows.append((f"Pre-trained ({run.name})",
+                         ConfigResult(key, per_seed, [str(run.path)], {str(run.path): int(run.eval_episodes or 0)})))
     return rows
 
 
@@ -95,7 +101,7 @@ def _safe_name(name: str) -> str:
 
 
 def _plot_curves(usable: list[RunRecord], all_runs: list[RunRecord], best: dict[str, ConfigResult],
-                 out: Path) -> list[Path]:
+                 out: Path, problems: list[str]) -> list[Path]:
     from dt_eva.reporting.curves import plot_learning_curves
 
     files = []
@@ -112,15 +118,16 @@ def _plot_curves(usable: list[RunRecord], all_runs: list[RunRecord], best: dict[
                 groups[method_label(method) + (f" {config}" if config != "-" else "")] = runs
         if groups:
             files.append(plot_learning_curves(groups, out / "curves" / f"finetune-{short_task_name(task)}.png",
-                                              f"Fine-tuning on {task}: best configuration per method", task=task))
+                                              f"Fine-tuning on {task}: best configuration per method", task=task,
+                                              problems=problems))
     pretrains = [r for r in all_runs if r.kind == "pretrain" and r.metrics_path is not None]
     if pretrains:
         files.append(plot_learning_curves({r.name: [r] for r in pretrains}, out / "curves" / "pretrain.png",
-                                          "Pre-training"))
+                                          "Pre-training", problems=problems))
     return files
 
 
-def _plot_heatmaps(runs: list[RunRecord], out: Path) -> list[Path]:
+def _plot_heatmaps(runs: list[RunRecord], out: Path, problems: list[str]) -> list[Path]:
     import json
 
     from dt_eva.reporting.rank_heatmap import plot_rank_heatmap
@@ -130,82 +137,135 @@ def _plot_heatmaps(runs: list[RunRecord], out: Path) -> list[Path]:
         if run.eva_result_path is None:
             continue
         try:
-            ranks = json.loads(run.eva_result_path.read_text())["ranks"]
-        except (OSError, ValueError, KeyError):
+            ranks = {str(k): int(v) for k, v in json.loads(run.eva_result_path.read_bytes())["ranks"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            problems.append(f"{run.eva_result_path} is corrupt ({type(e).__name__}: {e}); no rank heatmap for it")
             continue
         if not ranks:
             continue
         title = (f"{method_label(run.method or '?')} r={run.rank} rho={run.rho if run.rho is not None else '-'} "
-                 f"on {run.task}, seed {run.seed}: total rank {sum(int(v) for v in ranks.values())}")
-        files.append(plot_rank_heatmap({k: int(v) for k, v in ranks.items()},
-                                       out / "heatmaps" / f"{_safe_name(run.name)}.png", title=title))
+                 f"on {run.task}, seed {run.seed}: total rank {sum(ranks.values())}")
+        files.append(plot_rank_heatmap(ranks, out / "heatmaps" / f"{_safe_name(run.name)}.png", title=title))
     return files
+
+
+_REPORT_TITLE = "# dt-eva report"
+
+
+def check_out_dir(out: Path) -> None:
+    """Before any work: `out` can be written and replaced as a whole (it is new, empty or an older report).
+
+    The report folder is replaced atomically, so a folder holding anything else is refused rather
+    than deleted.
+    """
+    check_writable_dir(out)
+    if out.exists():
+        check_writable_dir(out.parent)  # the old report is renamed away there
+        if any(out.iterdir()) and not _is_old_report(out):
+            raise ValueError(f"{out} holds files that are not a dt-eva report; the report replaces its folder "
+                             "as a whole, so choose a new or empty --out")
+
+
+def _is_old_report(out: Path) -> bool:
+    report = out / "report.md"
+    try:
+        if not report.read_text(encoding="utf-8").startswith(_REPORT_TITLE):
+            return False
+    except (OSError, ValueError):
+        return False
+    for f in out.rglob("*"):
+        rel = f.relative_to(out)
+        if f.is_dir():
+            ok = len(rel.parts) == 1 and rel.name in ("curves", "heatmaps")
+        else:
+            ok = (len(rel.parts) == 1 and f.suffix in (".md", ".csv")) or (
+                len(rel.parts) == 2 and rel.parts[0] in ("curves", "heatmaps") and f.suffix == ".png")
+        if not ok:
+            return False
+    return True
+
+
+def _build_tables(usable: list[RunRecord], warnings: list[str]) -> tuple[dict[str, Any], dict[str, ConfigResult]]:
+    """Table 6 (any, final), Table 19 (any, final), the pre-training table; and the best config per method."""
+    tables: dict[str, Table | Any] = {}
+    per_metric = {m: collect_config_results(usable, m, warnings if m == "success_any" else None) for m in METRICS}
+    per_metric = {m: res for m, res in per_metric.items() if res}
+    for metric, results in per_metric.items():
+        tables[f"table6_{metric}"] = build_table6(results, metric, _pretrained_baselines(usable, metric))
+    for metric, results in per_metric.items():
+        tables[f"table19_{metric}"] = build_table19(results, metric)
+    pretrain = build_pretrain_table(usable)
+    if pretrain is not None:
+        tables[pretrain.name] = pretrain
+    return tables, best_per_method(per_metric["success_any"]) if "success_any" in per_metric else {}
+
+
+def _report_markdown(header: str, tables: list[str], skipped: list[dict[str, str]], warnings: list[str],
+                     images: list[Path]) -> str:
+    parts = [_REPORT_TITLE, "", header, ""] + tables
+    if skipped:
+        parts += ["### Skipped runs", ""] + [f"- `{s['run']}`: {s['reason']}" for s in skipped] + [""]
+    if warnings:
+        parts += ["### Warnings", ""] + [f"- {w}" for w in warnings] + [""]
+    if images:
+        parts += ["### Figures", ""] + [f"![{f.stem}]({f.as_posix()})" for f in images] + [""]
+    return "\n".join(parts)
 
 
 def build_report(run_dirs_or_root: PathLike | Iterable[PathLike], out_dir: PathLike, plots: bool = True) -> dict[str, Any]:
     """Tables and plots from run directories.
 
     `run_dirs_or_root`: run directories and/or directories that hold them (searched recursively).
-    Writes into `out_dir`: `report.md` (everything), per table `<name>.md` and `<name>.csv`
-    (Table 6 layout `table6_success_any|final`, Table 19 layout `table19_success_any|final`,
-    `pretrain_success`), `curves/*.png` (loss and success vs updates) and `heatmaps/<run>.png`
-    (EVA ranks per layer and module).
+    Writes `out_dir` as a whole (atomically: a crash leaves the old report or none, never half of
+    one): `report.md` (everything), per table `<name>.md` and `<name>.csv` (Table 6 layout
+    `table6_success_any|final`, Table 19 layout `table19_success_any|final`, `pretrain_success`),
+    `curves/*.png` (loss and success vs updates) and `heatmaps/<run>.png` (EVA ranks per layer and
+    module). `out_dir` must be new, empty or an older report, and writable (checked first).
 
-    Runs without `eval.json` are listed under `skipped` with what to do; if no run is usable a
-    `ValueError` says so. Returns `{"out_dir", "markdown", "tables": {name: markdown},
-    "files": [paths], "runs": [used run dirs], "skipped": [{"run", "reason"}], "warnings": [...]}`.
+    Each run is reported with its largest evaluation, and each table says how many episodes per task
+    its evaluations used (naming the runs when sizes differ). Runs without an evaluation are listed
+    under `skipped` with what to do; if no run is usable a `ValueError` says so. Damaged files
+    (a bad `metrics.jsonl` line, a corrupt `summary.json`) become warnings that name the file.
+    Returns `{"out_dir", "markdown", "tables": {name: markdown}, "files": [paths], "runs": [used run
+    dirs], "skipped": [{"run", "reason"}], "warnings": [...]}`.
     """
+    out = Path(out_dir)
+    check_out_dir(out)
     run_dirs = find_run_dirs(run_dirs_or_root)
     where = run_dirs_or_root if isinstance(run_dirs_or_root, (str, os.PathLike)) else \
         ", ".join(map(str, run_dirs_or_root))
     if not run_dirs:
         raise FileNotFoundError(
-            f"no run directories found in {where}: a run directory holds meta.json / summary.json, as written "
-            "by `dt-eva pretrain` and `dt-eva finetune`"
+            f"no run directories found in {where}: a run directory holds a meta.json with the run's kind, as "
+            "written by `dt-eva pretrain` and `dt-eva finetune`"
         )
     runs = [load_run(d) for d in run_dirs]
     usable, skipped, warnings = _triage(runs)
     if not usable:
         listing = "\n".join(f"  - {s['run']}: {s['reason']}" for s in skipped)
         raise ValueError(f"no evaluated run to report on in {where}:\n{listing}")
+    sizes = sorted({r.eval_episodes for r in usable if r.eval_episodes is not None})
+    if len(sizes) > 1:
+        warnings.append(f"the runs' evaluations differ in size ({', '.join(map(str, sizes))} episodes per task); "
+                        "each table's footnote names the runs")
 
-    out = Path(out_dir)
-    tables: dict[str, Table | Any] = {}
-    best_any: dict[str, ConfigResult] = {}
-    per_metric = {m: collect_config_results(usable, m, warnings if m == "success_any" else None) for m in METRICS}
-    per_metric = {m: res for m, res in per_metric.items() if res}
-    for metric, results in per_metric.items():  # Table 6 (any, final), then Table 19 (any, final)
-        tables[f"table6_{metric}"] = build_table6(results, metric, _pretrained_baselines(usable, metric))
-    for metric, results in per_metric.items():
-        tables[f"table19_{metric}"] = build_table19(results, metric)
-    if "success_any" in per_metric:
-        best_any = best_per_method(per_metric["success_any"])
-    pretrain = build_pretrain_table(usable)
-    if pretrain is not None:
-        tables[pretrain.name] = pretrain
-
-    files: list[Path] = []
+    tables, best_any = _build_tables(usable, warnings)
     markdown = {name: t.to_markdown() for name, t in tables.items()}
-    for name, t in tables.items():
-        for suffix, text in ((".md", markdown[name]), (".csv", t.to_csv())):
-            atomic_write_text(out / f"{name}{suffix}", text)
-            files.append(out / f"{name}{suffix}")
-    if plots:
-        files += _plot_curves(usable, runs, best_any, out)
-        files += _plot_heatmaps(usable, out)
-
-    parts = ["# dt-eva report", "", f"Runs: {len(usable)} used, {len(skipped)} skipped (from {where}).", ""]
-    parts += [markdown[n] for n in tables]
-    if skipped:
-        parts += ["### Skipped runs", ""] + [f"- `{s['run']}`: {s['reason']}" for s in skipped] + [""]
-    if warnings:
-        parts += ["### Warnings", ""] + [f"- {w}" for w in warnings] + [""]
-    images = [f for f in files if f.suffix == ".png"]
-    if images:
-        parts += ["### Figures", ""] + [f"![{f.stem}]({f.relative_to(out).as_posix()})" for f in images] + [""]
-    report_text = "\n".join(parts)
-    atomic_write_text(out / "report.md", report_text)
-    files.insert(0, out / "report.md")
+    with atomic_dir(out) as tmp:
+        files: list[Path] = []
+        for name, t in tables.items():
+            for suffix, text in ((".md", markdown[name]), (".csv", t.to_csv())):
+                atomic_write_text(tmp / f"{name}{suffix}", text)
+                files.append(tmp / f"{name}{suffix}")
+        if plots:
+            files += _plot_curves(usable, runs, best_any, tmp, warnings)
+            files += _plot_heatmaps(usable, tmp, warnings)
+        warnings = list(dict.fromkeys(warnings))  # a run's metrics are read once per plot
+        report_text = _report_markdown(f"Runs: {len(usable)} used, {len(skipped)} skipped (from {where}).",
+                                       list(markdown.values()), skipped, warnings,
+                                       [f.relative_to(tmp) for f in files if f.suffix == ".png"])
+        atomic_write_text(tmp / "report.md", report_text)
+        files = [out / f.relative_to(tmp) for f in [tmp / "report.md", *files]]
     return {
         "out_dir": str(out),
         "markdown": report_text,

@@ -11,44 +11,14 @@ import io
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable
 
-from dt_eva.reporting.rundirs import RunRecord
+from dt_eva.methods.registry import method_label, method_sort_key
 from dt_eva.reporting.stats import MeanSE, mean_se
+from dt_eva.runs.records import RunRecord, full_task_name
 
-# The paper's row order (Table 6), then the ablations (Table 7).
-METHOD_ORDER: tuple[str, ...] = (
-    "fft", "lora", "adalora", "pissa", "olora", "eva", "dora", "eva_dora", "lora_redist", "eva_whiten",
-)
-METHOD_LABELS: dict[str, str] = {
-    "pretrained": "Pre-trained (no fine-tuning)",
-    "fft": "FFT",
-    "lora": "LoRA",
-    "adalora": "AdaLoRA",
-    "pissa": "PiSSA",
-    "olora": "OLoRA",
-    "eva": "EVA",
-    "dora": "DoRA",
-    "eva_dora": "EVA+DoRA",
-    "lora_redist": "LoRA-redist",
-    "eva_whiten": "EVA-whiten",
-}
 METRICS: dict[str, str] = {"success_any": "success at any step", "success_final": "success at the final step"}
-
-
-def method_label(method: str) -> str:
-    return METHOD_LABELS.get(method, method)
-
-
-def method_sort_key(method: str) -> tuple[int, str]:
-    """Paper order first, unknown methods after them alphabetically."""
-    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
-
-
-def full_task_name(task: str) -> str:
-    """`hammer` -> `hammer-v3`; names that already carry a version are kept."""
-    head, _, tail = task.rpartition("-v")
-    return task if head and tail.isdigit() else f"{task}-v3"
 
 
 def short_task_name(task: str) -> str:
@@ -93,6 +63,7 @@ class ConfigResult:
     key: ConfigKey
     per_seed: dict[str, dict[int, float]]  # task -> seed -> value
     runs: list[str] = field(default_factory=list)  # run directories
+    episodes: dict[str, int] = field(default_factory=dict)  # run directory -> episodes per task of its evaluation
 
     @property
     def tasks(self) -> list[str]:
@@ -131,6 +102,13 @@ class Row:
         counts = sorted({len(v) for v in self.result.per_seed.values()})
         return str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
 
+    def episodes(self) -> str:
+        """Episodes per task of the row's evaluations: `20`, or `1-20` when they differ."""
+        sizes = sorted(set(self.result.episodes.values()))
+        if not sizes:
+            return "?"
+        return str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
+
 
 @dataclass
 class Table:
@@ -144,11 +122,11 @@ class Table:
     footnotes: list[str] = field(default_factory=list)
 
     def to_markdown(self) -> str:
-        header = ["Method", "Config", "Seeds"] + [short_task_name(t) for t in self.tasks] + ["Avg."]
+        header = ["Method", "Config", "Seeds", "Episodes"] + [short_task_name(t) for t in self.tasks] + ["Avg."]
         lines = [f"### {self.title}", "", "| " + " | ".join(header) + " |",
-                 "|" + "|".join(["---"] * 3 + [":-:"] * (len(self.tasks) + 1)) + "|"]
+                 "|" + "|".join(["---"] * 4 + [":-:"] * (len(self.tasks) + 1)) + "|"]
         for row in self.rows:
-            cells = [row.label, row.config, row.seeds()]
+            cells = [row.label, row.config, row.seeds(), row.episodes()]
             for t in self.tasks:
                 c = row.result.cell(t)
                 cells.append(c.format() if c else "-")
@@ -164,14 +142,15 @@ class Table:
     def to_csv(self) -> str:
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
-        head = ["method", "label", "config", "rank", "rho", "lr", "seeds"]
+        head = ["method", "label", "config", "rank", "rho", "lr", "seeds", "episodes"]
         for t in self.tasks:
             head += [f"{t}_mean", f"{t}_se", f"{t}_n"]
         head += ["avg_mean", "avg_se", "avg_n_seeds", "avg_n_tasks"]
         writer.writerow(head)
         for row in self.rows:
             k = row.result.key
-            line = [row.method, row.label, row.config, _blank(k.rank), _blank(k.rho), _blank(k.lr), row.seeds()]
+            line = [row.method, row.label, row.config, _blank(k.rank), _blank(k.rho), _blank(k.lr), row.seeds(),
+                    row.episodes()]
             for t in self.tasks:
                 c = row.result.cell(t)
                 line += [_num(c.mean), _num(c.se), c.n] if c else ["", "", 0]
@@ -193,11 +172,11 @@ def collect_config_results(runs: Iterable[RunRecord], metric: str,
                            warnings: list[str] | None = None) -> dict[ConfigKey, ConfigResult]:
     """Group evaluated fine-tuning runs by configuration; one value per (task, seed).
 
-    Two runs of the same configuration, task and seed: the later one (by eval.json time) wins and a
+    Two runs of the same configuration, task and seed: the one with the newer evaluation wins and a
     warning names both.
     """
     results: dict[ConfigKey, ConfigResult] = {}
-    chosen: dict[tuple[ConfigKey, str, int], tuple[float, str]] = {}
+    chosen: dict[tuple[ConfigKey, str, int], RunRecord] = {}
     for run in runs:
         if run.kind != "finetune" or run.eval is None or run.method is None or run.task is None:
             continue
@@ -206,21 +185,21 @@ def collect_config_results(runs: Iterable[RunRecord], metric: str,
         if entry is None or entry.get(metric) is None:
             continue
         key = ConfigKey(run.method, run.rank, run.rho, run.lr)
-        res = results.setdefault(key, ConfigResult(key, defaultdict(dict)))
-        mtime = (run.path / "eval.json").stat().st_mtime
         slot = (key, task, run.seed)
-        if slot in chosen:
-            prev_mtime, prev_name = chosen[slot]
+        prev = chosen.get(slot)
+        if prev is not None:
+            newer = run if (run.eval_created or "") >= (prev.eval_created or "") else prev
             if warnings is not None:
-                warnings.append(
-                    f"runs {prev_name} and {run.name} share method/rank/rho/lr/task/seed; "
-                    f"using the newer evaluation ({run.name if mtime >= prev_mtime else prev_name})"
-                )
-            if mtime < prev_mtime:
+                warnings.append(f"runs {prev.name} and {run.name} share method/rank/rho/lr/task/seed; "
+                                f"using the newer evaluation ({newer.name})")
+            if newer is prev:
                 continue
-        chosen[slot] = (mtime, run.name)
-        res.per_seed[task][run.seed] = float(entry[metric])
+        chosen[slot] = run
+        results.setdefault(key, ConfigResult(key, defaultdict(dict))).per_seed[task][run.seed] = float(entry[metric])
+    for (key, _task, _seed), run in chosen.items():
+        res = results[key]
         res.runs.append(str(run.path))
+        res.episodes[str(run.path)] = int(run.eval_episodes or 0)
     for res in results.values():
         res.per_seed = dict(res.per_seed)
     return results
@@ -263,7 +242,36 @@ def _common_footnotes(rows: list[Row], tasks: list[str], metric: str) -> list[st
         notes.append("Cells without ± come from a single seed: no standard error can be estimated.")
     if any(len(r.result.per_seed) < len(tasks) for r in rows):
         notes.append("*: the row covers fewer tasks than the table; its Avg. is over its own tasks only.")
+    notes.append(episodes_footnote({run: n for r in rows for run, n in r.result.episodes.items()}))
     return notes
+
+
+def episodes_footnote(episodes: dict[str, int], max_names: int = 12) -> str:
+    """Says how many evaluation episodes per task the table's runs used, naming the runs when sizes differ.
+
+    `episodes`: run directory -> episodes per task of the evaluation used.
+    """
+    by_size: dict[int, list[str]] = defaultdict(list)
+    for run, n in episodes.items():
+        by_size[n].append(Path(run).name)
+    if len(by_size) <= 1:
+        n = next(iter(by_size), "?")
+        return (f"Episodes: every cell comes from evaluations of {n} episode{'s' if n != 1 else ''} per task "
+                "(each run's largest evaluation).")
+    # with many runs, the most common size is given as a count and only the others are named
+    common = max(by_size, key=lambda n: (len(by_size[n]), n)) if len(episodes) > max_names else None
+    parts = []
+    for n in sorted(by_size, reverse=True):
+        names = sorted(by_size[n])
+        size = f"{n} episode{'s' if n != 1 else ''} per task"
+        if n == common:
+            parts.append(f"{size}: {len(names)} runs")
+        else:
+            shown = ", ".join(names[:max_names]) + (f" and {len(names) - max_names} more" if len(names) > max_names else "")
+            parts.append(f"{size}: {shown}")
+    return ("**Evaluation sizes differ in this table** (each run's largest evaluation): " + "; ".join(parts)
+            + ". Cells that mix them are less comparable; re-evaluate the smaller runs with "
+            f"`dt-eva evaluate --run RUN --episodes {max(by_size)}`.")
 
 
 def build_table6(results: dict[ConfigKey, ConfigResult], metric: str,
@@ -276,7 +284,7 @@ def build_table6(results: dict[ConfigKey, ConfigResult], metric: str,
     for label, res in baselines or []:
         shared = {t: v for t, v in res.per_seed.items() if t in tasks}  # only the table's columns
         if shared:
-            rows.append(Row(label, "pretrained", "-", ConfigResult(res.key, shared, res.runs)))
+            rows.append(Row(label, "pretrained", "-", ConfigResult(res.key, shared, res.runs, res.episodes)))
     for m in sorted(best, key=method_sort_key):
         rows.append(Row(method_label(m), m, best[m].key.describe(with_lr), best[m]))
     notes = _common_footnotes(rows, tasks, metric)

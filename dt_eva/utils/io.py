@@ -7,6 +7,7 @@ half-written file. Every checkpoint, dataset file, JSON and result in dt_eva goe
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -91,21 +92,61 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     atomic_save(path, lambda tmp: torch.save(obj, tmp))
 
 
-def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The records of a run's `metrics.jsonl` (objects with a "step"); a torn last line from a killed
-    run is skipped, and a missing file gives an empty list."""
+def read_metrics(path: str | os.PathLike, problems: list[str] | None = None) -> list[dict[str, Any]]:
+    """The records of a run's `metrics.jsonl`: JSON objects with an integer "step".
+
+    A bad line (not UTF-8, not JSON, not an object, no integer step; e.g. the torn last line of a
+    killed run) is skipped, and a line naming the file and line number is appended to `problems`.
+    A missing file gives an empty list.
+    """
     path = Path(path)
     if not path.is_file():
         return []
     out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
+    for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        if not raw.strip():
             continue
-        if isinstance(record, dict) and "step" in record:
-            out.append(record)
+        reason = None
+        try:
+            record = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            reason = f"not UTF-8 text ({e.reason} at byte {e.start})"
+        except json.JSONDecodeError as e:
+            reason = f"not valid JSON ({e.msg})"
+        else:
+            step = record.get("step") if isinstance(record, dict) else None
+            if not isinstance(record, dict):
+                reason = "not a JSON object"
+            elif not isinstance(step, int) or isinstance(step, bool):
+                reason = f"its step {step!r} is not an integer"
+        if reason is not None:
+            if problems is not None:
+                problems.append(f"{path} line {number}: {reason}; line skipped")
+            continue
+        out.append(record)
     return out
+
+
+def check_writable_dir(path: str | os.PathLike) -> None:
+    """Fail before any work when files cannot be created in `path`.
+
+    A `path` that does not exist yet is checked where it would be created (the nearest existing
+    folder above it). The check creates and removes a file, so it holds for any user (root too) and
+    file system (read-only mounts too). A failure is the `OSError` the work would have met later,
+    with `path` as its file name (e.g. `PermissionError: [Errno 13] Permission denied: 'runs/x'`).
+    """
+    path = Path(path)
+    target = path
+    while not target.exists() and target.parent != target:
+        target = target.parent
+    if not target.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path))
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".dt-eva-write-check.", dir=target)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from None
 
 
 def _json_default(o: Any) -> Any:
