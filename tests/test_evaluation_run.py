@@ -9,7 +9,7 @@ import torch
 
 from dt_eva.cli import main
 from dt_eva.data import collect_dataset, load_dataset
-from dt_eva.evaluation import evaluate_run
+from dt_eva.experiments.evaluate import evaluate_run
 from dt_eva.models import DecisionTransformer, DTConfig
 
 

@@ -82,7 +82,7 @@ def evaluate(run: Path, *extra: str) -> int:
 @pytest.fixture()
 def rollouts(monkeypatch) -> list:
     """Records every call of `evaluate_policy` from `evaluate_run` (and still runs it)."""
-    import dt_eva.evaluation.run_eval as run_eval
+    import dt_eva.experiments.evaluate as run_eval
 
     calls: list = []
     real = run_eval.evaluate_policy

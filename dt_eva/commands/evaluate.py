@@ -56,8 +56,7 @@ def check_device(spec: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dt_eva.evaluation import evaluate_run
-    from dt_eva.evaluation.run_eval import EvaluationNotSaved
+    from dt_eva.experiments.evaluate import EvaluationNotSaved, evaluate_run
     from dt_eva.runs.evals import best_eval, record_path
 
     if args.threads is not None:

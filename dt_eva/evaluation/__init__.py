@@ -2,7 +2,7 @@
 
 `evaluate_policy(model, tasks, ...)` rolls out all episodes in lock-step (one model forward per
 step for all envs) and returns success at any step, success at the final step and returns per
-task; `evaluate_run(run_dir, ...)` does it for a run directory and writes `eval.json`.
+task. `dt_eva.experiments.evaluate.evaluate_run(run_dir, ...)` does it for a run directory.
 Conventions (return conditioning, goal-layout seeds) are in `metrics.py` and `slots.py`.
 """
 
@@ -15,7 +15,6 @@ from dt_eva.evaluation.metrics import (
     update_returns_to_go,
 )
 from dt_eva.evaluation.rollout import EpisodeBatch, eval_mode, rollout_lockstep, rollout_reference_episode
-from dt_eva.evaluation.run_eval import evaluate_run
 from dt_eva.evaluation.slots import EVAL_SEED_OFFSET, LayoutEnv, SlotPool, episode_layout, task_layouts
 
 __all__ = [
@@ -29,7 +28,6 @@ __all__ = [
     "episode_success",
     "eval_mode",
     "evaluate_policy",
-    "evaluate_run",
     "flatten_scalars",
     "mean_over_tasks",
     "resolve_target_returns",

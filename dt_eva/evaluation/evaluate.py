@@ -1,4 +1,4 @@
-"""`evaluate_policy` (a model, online, on Meta-World) and `evaluate_run` (a run directory -> eval.json).
+"""`evaluate_policy`: a model, online, on Meta-World (`dt_eva.experiments.evaluate` does it for a run directory).
 
 Scheduling: the (task, episode) pairs are ordered episode-major (episode 0 of every task, then
 episode 1, ...) and cut into chunks of `num_envs`; each chunk is one lock-step batch of 200 steps

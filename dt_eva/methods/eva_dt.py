@@ -10,7 +10,6 @@ sampler of their own, so the training batch stream is the same with and without 
 from __future__ import annotations
 
 import contextlib
-import re
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
@@ -18,6 +17,7 @@ from torch import nn
 
 from dt_eva.data import WindowSampler
 from dt_eva.eva import EvaConfig, compute_eva
+from dt_eva.methods.ranks import rank_grid
 from dt_eva.models import DT_ADAPTER_TARGETS
 
 # Offset added to the data seed for the EVA sampler; any constant works as long as it differs from
@@ -130,29 +130,3 @@ def _autocast_forward(dtype: torch.dtype):
             return dt_forward(model, batch)
 
     return forward
-
-
-# The first dotted integer in a module name is its layer index: "blocks.3.attn.qkv" -> layer 3,
-# module "attn.qkv"; "encoder.layer.11.attention.self.query" -> layer 11, module "attention.self.query".
-_LAYER_RE = re.compile(r"^(?P<prefix>.*?)(?:^|\.)(?P<layer>\d+)\.(?P<module>.+)$")
-
-
-def rank_grid(ranks: Mapping[str, int]) -> tuple[list[int], list[str], list[list[int | None]]]:
-    """Arrange a rank map into `(layers, modules, grid)` with `grid[i][j]` the rank of
-    layer `layers[i]`, module `modules[j]` (`None` where the model has no such module).
-
-    Names without a layer index are put on their own row labelled -1 (shown as "-").
-    Module columns keep the order of first appearance, which for `named_modules()` order is the
-    order of the forward pass.
-    """
-    cells: dict[tuple[int, str], int] = {}
-    modules: list[str] = []
-    for name, rank in ranks.items():
-        match = _LAYER_RE.match(name)
-        layer, module = (int(match["layer"]), match["module"]) if match else (-1, name)
-        if module not in modules:
-            modules.append(module)
-        cells[(layer, module)] = int(rank)
-    layers = sorted({layer for layer, _ in cells})
-    grid = [[cells.get((layer, module)) for module in modules] for layer in layers]
-    return layers, modules, grid

@@ -19,6 +19,7 @@ from dt_eva.envs import resolve_tasks
 from dt_eva.evaluation.evaluate import evaluate_policy
 from dt_eva.runs.evals import new_eval_record, write_eval_record
 from dt_eva.runs.layout import RunPaths
+from dt_eva.runs.policy import load_run_model
 from dt_eva.utils.io import atomic_write_json, check_writable_dir
 
 
@@ -59,8 +60,6 @@ def evaluate_run(
         )
     task_list = resolve_tasks(tasks) if tasks is not None else None  # bad names fail before loading
     _check_writable(run_dir)
-
-    from dt_eva.runs import load_run_model
 
     model, info = load_run_model(run_dir, device=device)
     if task_list is None:
