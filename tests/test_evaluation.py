@@ -379,3 +379,24 @@ def test_default_env_workers_and_even_split():
     assert split_evenly(list(range(5)), 2) == [[0, 1, 2], [3, 4]]
     assert split_evenly(list(range(2)), 3) == [[0], [1]]
     assert split_evenly(list(range(3)), 0) == [[0, 1, 2]]
+
+
+def test_low_precision_copy_casts_linear_weights_once_and_leaves_the_model_alone():
+    from dt_eva.evaluation.rollout import low_precision_copy
+
+    model = tiny_dt(dtype=torch.float32).eval()
+    copy = low_precision_copy(model, torch.bfloat16)
+    assert copy.blocks[0].attn.qkv.weight.dtype == copy.action_head.weight.dtype == torch.bfloat16
+    assert copy.blocks[0].ln1.weight.dtype == copy.embed_timestep.weight.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    g = torch.Generator().manual_seed(0)
+    args = (torch.randn(3, 8, 39, generator=g), torch.rand(3, 8, 4, generator=g) * 2 - 1,
+            torch.rand(3, 8, 1, generator=g) * 5, torch.arange(8).expand(3, 8), torch.rand(3, 8, 1, generator=g))
+    with torch.inference_mode():
+        reference = model.predict_last_action(*args)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast = copy.predict_last_action(*args)
+            autocast_only = model.predict_last_action(*args)
+    assert fast.dtype == torch.bfloat16
+    torch.testing.assert_close(fast.float(), autocast_only.float(), rtol=0, atol=1e-6)  # same bf16 math
+    torch.testing.assert_close(fast.float(), reference, rtol=0, atol=0.05)

@@ -13,6 +13,7 @@ grown by concatenation, a full forward per step). It exists to check the batched
 from __future__ import annotations
 
 import contextlib
+from copy import deepcopy
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
@@ -83,6 +84,20 @@ def rollout_lockstep(
                           autocast_dtype)
 
 
+def low_precision_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """A copy of `model` whose linear layers hold `dtype` weights, for forwards under autocast.
+
+    Autocast would cast every weight to bf16 at every op and step (its cast cache is off under
+    `inference_mode`); the copy has them cast once. Everything else (layer norms, embeddings
+    tables, adapter parameters outside `nn.Linear`) stays as it is and autocast handles it.
+    """
+    copy = deepcopy(model)
+    for module in copy.modules():
+        if isinstance(module, nn.Linear):
+            module.to(dtype)
+    return copy
+
+
 def rollout_groups(
     model: nn.Module,
     groups: Sequence,
@@ -133,8 +148,8 @@ def rollout_groups(
         if on_step is not None:
             on_step(hi - lo)
 
+    policy = model if autocast_dtype is None else low_precision_copy(model, autocast_dtype)
     first_obs = [g.reset() for g in groups]
-    # one autocast region for the whole rollout: the bf16 copies of the weights are made once
     with autocast(device, autocast_dtype):
         for t in range(steps):
             start = max(0, t + 1 - k)
@@ -147,7 +162,7 @@ def rollout_groups(
                     record(lo, hi, t - 1, reward, success)
                 states[lo:hi, t] = torch.as_tensor(obs, dtype=dtype).to(device, non_blocking=True)
                 rtg[lo:hi, t] = current[lo:hi]
-                action = model.predict_last_action(
+                action = policy.predict_last_action(
                     states[lo:hi, start : t + 1],
                     actions[lo:hi, start : t + 1],  # step t's entry is still zero: a placeholder the model does not see
                     rtg[lo:hi, start : t + 1],
