@@ -234,3 +234,169 @@ def test_video_is_written_or_warned_never_raised(tmp_path, monkeypatch):
     with pytest.warns(RuntimeWarning, match="MUJOCO_GL=no-such-backend"):
         assert write_episode_gifs(tmp_path / "bad", [episode]) == {}
     assert not list((tmp_path / "bad").glob("*.gif"))
+
+
+# --- precision and pipelining ---------------------------------------------------------------------
+@pytest.mark.slow
+def test_pipelined_evaluation_is_identical_to_unpipelined():
+    """Envs stepped in worker processes while the model computes the other half: same episodes,
+    bit for bit, as everything in this process (fp32 model, 5 envs; 1, 2 and 3 worker processes)."""
+    model = tiny_dt(dtype=torch.float32)
+    kwargs = dict(episodes=3, seed=2, target_returns=900.0, num_envs=5, progress=False, precision="fp32")
+    plain = evaluate_policy(model, "reach,push", env_workers=0, **kwargs)
+    assert plain["env_workers"] == 0 and plain["precision"] == "fp32"
+    for workers in (1, 2, 3):
+        piped = evaluate_policy(model, "reach,push", env_workers=workers, **kwargs)
+        assert piped["env_workers"] == workers
+        for task, entry in plain["tasks"].items():
+            for key in ("return_per_episode", "success_any_per_episode", "success_final_per_episode"):
+                assert piped["tasks"][task][key] == entry[key], (workers, task, key)
+    returns = [r for e in plain["tasks"].values() for r in e["return_per_episode"]]
+    assert len(set(returns)) == len(returns)  # the episodes differ: a real comparison
+
+
+class RecordingGroup:
+    """An in-process env group that also keeps every observation it hands to the rollout."""
+
+    def __init__(self, vec_env):
+        from dt_eva.evaluation.env_workers import VectorEnvGroup
+
+        self.group = VectorEnvGroup(vec_env)
+        self.num_envs = self.group.num_envs
+        self.observations = []
+
+    def reset(self):
+        obs = self.group.reset()
+        self.observations.append(obs.copy())
+        return obs
+
+    def step_async(self, actions):
+        self.group.step_async(actions)
+
+    def step_wait(self):
+        obs, reward, success = self.group.step_wait()
+        self.observations.append(obs.copy())
+        return obs, reward, success
+
+    def close(self):
+        pass
+
+
+def _recorded_rollout(model, task, layouts, targets, autocast_dtype, **scales):
+    import gymnasium as gym
+
+    from dt_eva.evaluation import LayoutEnv
+    from dt_eva.evaluation.rollout import rollout_groups
+
+    envs = [LayoutEnv(task) for _ in layouts]
+    for env, layout in zip(envs, layouts):
+        env.layout = layout
+    group = RecordingGroup(gym.vector.SyncVectorEnv([lambda e=e: e for e in envs]))
+    with eval_mode(model):
+        batch = rollout_groups(model, [group], targets, autocast_dtype=autocast_dtype, **scales)
+    for env in envs:
+        env.close()
+    return batch, np.stack(group.observations[:EPISODE_LENGTH], axis=1)  # [N, 200, 39]: obs seen at each step
+
+
+def _replay_actions(model, observations, batch, targets, rtg_scale, reward_scale):
+    """The fp32 model's action at every step of recorded episodes (teacher forcing on their histories)."""
+    n, steps = batch.rewards.shape
+    k = model.cfg.context_len
+    rtg = np.zeros((n, steps))
+    rtg[:, 0] = targets / rtg_scale
+    for t in range(1, steps):
+        rtg[:, t] = update_returns_to_go(rtg[:, t - 1], batch.rewards[:, t - 1], rtg_scale, targets / rtg_scale)
+    as_t = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
+    out = np.zeros_like(batch.actions)
+    with eval_mode(model):
+        for t in range(steps):
+            lo = max(0, t + 1 - k)
+            actions = as_t(batch.actions[:, lo : t + 1]).clone()
+            actions[:, -1] = 0.0
+            rewards = as_t(batch.rewards[:, lo : t + 1] / reward_scale).clone()
+            rewards[:, -1] = 0.0
+            out[:, t] = model.predict_last_action(
+                as_t(observations[:, lo : t + 1]), actions, as_t(rtg[:, lo : t + 1, None]),
+                torch.arange(lo, t + 1).expand(n, -1), rewards[..., None],
+            ).clamp(-1, 1).numpy()
+    return out
+
+
+@pytest.mark.slow
+def test_fp32_rollout_equals_reference_and_bf16_rollout_stays_within_bf16_tolerance(monkeypatch):
+    from dt_eva.training import precision as precision_module
+
+    model = tiny_dt(dtype=torch.float32)
+    layouts = [episode_layout(0, 0), episode_layout(0, 3)]
+    targets = np.array([700.0, 1100.0])
+    scales = dict(rtg_scale=150.0, reward_scale=40.0)
+
+    # fp32: the inference fast path plays the same episodes as the reference (full forward per step)
+    fp32, fp32_obs = _recorded_rollout(model, "push", layouts, targets, None, **scales)
+    env = make_env("push", layouts[0][0])
+    with eval_mode(model):
+        for i, (_, index) in enumerate(layouts):
+            fix_goal(env, index)
+            ref = rollout_reference_episode(model, env, targets[i], **scales)
+            np.testing.assert_allclose(fp32.actions[i], ref.actions[0], rtol=0, atol=1e-5)
+            # fp32 rounding of two different forwards (~1e-7 in the actions) moves MuJoCo's rewards slightly
+            np.testing.assert_allclose(fp32.rewards[i], ref.rewards[0], rtol=1e-3, atol=1e-5)
+            np.testing.assert_array_equal(fp32.successes[i], ref.successes[0])
+    env.close()
+    # the replay helper reproduces the fp32 rollout from its own histories
+    np.testing.assert_allclose(_replay_actions(model, fp32_obs, fp32, targets, **scales), fp32.actions, atol=1e-5)
+
+    # bf16 autocast: every action within bf16 tolerance of the fp32 model's on the same history
+    monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: True)
+    from dt_eva.training.precision import resolve_precision
+
+    bf16, bf16_obs = _recorded_rollout(model, "push", layouts, targets, resolve_precision("auto", "cpu"), **scales)
+    replayed = _replay_actions(model, bf16_obs, bf16, targets, **scales)
+    error = np.abs(bf16.actions - replayed)
+    assert error.max() < 0.05 and error.mean() < 0.01, (error.max(), error.mean())
+    assert error.max() > 0  # bf16 really ran
+    assert np.abs(bf16.actions).max() > 0.1
+
+
+def test_evaluate_policy_precision_argument(monkeypatch):
+    from dt_eva.training import precision as precision_module
+
+    model = tiny_dt(dtype=torch.float32)
+    monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: False)
+    with pytest.raises(ValueError, match="no native bf16 matmuls"):
+        evaluate_policy(model, "reach", episodes=1, target_returns=1.0, precision="bf16", progress=False)
+    with pytest.raises(ValueError, match="unknown precision 'half'"):
+        evaluate_policy(model, "reach", episodes=1, target_returns=1.0, precision="half", progress=False)
+    with pytest.raises(ValueError, match="env_workers must be a non-negative integer"):
+        evaluate_policy(model, "reach", episodes=1, target_returns=1.0, env_workers=-1, progress=False)
+
+
+def test_default_env_workers_and_even_split():
+    from dt_eva.evaluation.env_workers import default_env_workers, split_evenly
+
+    assert [default_env_workers(c) for c in (1, 2, 3, 4, 16)] == [0, 2, 2, 3, 8]
+    assert split_evenly(list(range(5)), 2) == [[0, 1, 2], [3, 4]]
+    assert split_evenly(list(range(2)), 3) == [[0], [1]]
+    assert split_evenly(list(range(3)), 0) == [[0, 1, 2]]
+
+
+def test_low_precision_copy_casts_linear_weights_once_and_leaves_the_model_alone():
+    from dt_eva.evaluation.rollout import low_precision_copy
+
+    model = tiny_dt(dtype=torch.float32).eval()
+    copy = low_precision_copy(model, torch.bfloat16)
+    assert copy.blocks[0].attn.qkv.weight.dtype == copy.action_head.weight.dtype == torch.bfloat16
+    assert copy.blocks[0].ln1.weight.dtype == copy.embed_timestep.weight.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    g = torch.Generator().manual_seed(0)
+    args = (torch.randn(3, 8, 39, generator=g), torch.rand(3, 8, 4, generator=g) * 2 - 1,
+            torch.rand(3, 8, 1, generator=g) * 5, torch.arange(8).expand(3, 8), torch.rand(3, 8, 1, generator=g))
+    with torch.inference_mode():
+        reference = model.predict_last_action(*args)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast = copy.predict_last_action(*args)
+            autocast_only = model.predict_last_action(*args)
+    assert fast.dtype == torch.bfloat16
+    torch.testing.assert_close(fast.float(), autocast_only.float(), rtol=0, atol=1e-6)  # same bf16 math
+    torch.testing.assert_close(fast.float(), reference, rtol=0, atol=0.05)

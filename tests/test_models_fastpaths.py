@@ -155,3 +155,25 @@ def test_bfloat16_training_step_and_autocast_run_on_cpu() -> None:
     loss = model_bf16.loss(bf16_batch)
     loss.backward()
     assert loss.isfinite() and all(p.grad is not None for p in model_bf16.parameters())
+
+
+def test_optimizer_uses_the_fused_adamw_kernel_with_the_same_updates() -> None:
+    from dt_eva.training.configs import OptimConfig
+    from dt_eva.training.optim import build_optimizer, weight_decay_param_groups
+
+    torch.manual_seed(0)
+    fused_model = DecisionTransformer(small_config())
+    plain_model = DecisionTransformer(small_config())
+    plain_model.load_state_dict(fused_model.state_dict())
+    cfg = OptimConfig(lr=1e-3, weight_decay=0.1)
+    fused = build_optimizer(weight_decay_param_groups(fused_model, 0.1), cfg)
+    plain = build_optimizer(weight_decay_param_groups(plain_model, 0.1), cfg, fused=False)
+    assert fused.defaults["fused"] is True and not plain.defaults["fused"]
+    batch = make_batch(fused_model.cfg)
+    for _ in range(3):
+        for model, opt in ((fused_model, fused), (plain_model, plain)):
+            opt.zero_grad()
+            model.loss(batch).backward()
+            opt.step()
+    for (name, a), b in zip(fused_model.named_parameters(), plain_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)

@@ -20,18 +20,23 @@ def layer_input(name: str, args: tuple, kwargs: Mapping[str, Any]) -> Tensor:
 
 
 def select_rows(name: str, x: Tensor, mask: Tensor | None) -> Tensor:
-    """Flatten a (..., d) activation to (rows, d), keeping only the rows where `mask` is True."""
+    """Flatten a (..., d) activation to (rows, d), keeping only the rows where `mask` is True.
+
+    Rows in a 16-bit float type (a forward under bf16 / fp16 autocast) come back as fp32: the forward
+    may run in low precision, the SVD statistics (sums of squares over many batches) may not.
+    """
     if mask is None:
-        return x.reshape(-1, x.shape[-1])
-    lead = tuple(x.shape[:-1])
-    if tuple(mask.shape) != lead:
-        if mask.numel() == x[..., 0].numel() and mask.ndim == 1:
-            return x.reshape(-1, x.shape[-1])[mask.to(x.device)]
+        rows = x.reshape(-1, x.shape[-1])
+    elif tuple(mask.shape) == tuple(x.shape[:-1]):
+        rows = x[mask.to(x.device)]
+    elif mask.numel() == x[..., 0].numel() and mask.ndim == 1:
+        rows = x.reshape(-1, x.shape[-1])[mask.to(x.device)]
+    else:
         raise ValueError(
             f"token_mask_fn returned a mask of shape {tuple(mask.shape)} but layer {name!r} receives activations "
-            f"of shape {tuple(x.shape)}; the mask must cover the leading dims {lead}"
+            f"of shape {tuple(x.shape)}; the mask must cover the leading dims {tuple(x.shape[:-1])}"
         )
-    return x[mask.to(x.device)]
+    return rows.float() if rows.is_floating_point() and rows.element_size() < 4 else rows
 
 
 def input_identity(x: Tensor) -> tuple:

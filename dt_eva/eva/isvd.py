@@ -50,7 +50,13 @@ class IncrementalSVD:
 
     @torch.no_grad()
     def update(self, rows: Tensor) -> None:
-        """Fold a (b, d) batch of rows into the estimate."""
+        """Fold a (b, d) batch of rows into the estimate (in fp32, also when called under autocast)."""
+        # Hooks call this inside the model's forward, which may run under bf16 autocast: keep the
+        # SVD's matmuls out of it.
+        with torch.autocast(rows.device.type, enabled=False):
+            self._update(rows)
+
+    def _update(self, rows: Tensor) -> None:
         if rows.ndim != 2 or rows.shape[0] == 0:
             raise ValueError(f"IncrementalSVD.update expects a non-empty (rows, features) matrix, got {tuple(rows.shape)}")
         rows = rows.detach().to(torch.float32)

@@ -6,6 +6,11 @@ with one model forward per step. Envs are pooled per task and reused across chun
 costs ~0.25 s, its layouts ~1.1 s per task). Episode j of a task always plays the same goal layout
 (`slots.episode_layout`), so results do not depend on `num_envs` beyond float rounding of the
 batched forward.
+
+Pipelining: each chunk is cut into two halves, one model forward per half and step
+(`rollout.rollout_groups`). With `env_workers` (default on machines with two or more cores) the
+halves' envs step in worker processes, and the model computes one half's actions while the other
+half's physics runs. The halves are the same with and without workers, so are the results.
 """
 
 from __future__ import annotations
@@ -18,16 +23,27 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
+import torch
 from torch import nn
 
 from dt_eva.envs import ACT_DIM, EPISODE_LENGTH, STATE_DIM, resolve_task, resolve_tasks
 from dt_eva.evaluation.metrics import mean_over_tasks, summarize_task
-from dt_eva.evaluation.rollout import eval_mode, rollout_lockstep
+from dt_eva.evaluation.env_workers import (
+    VectorEnvGroup,
+    WorkerEnvGroup,
+    default_env_workers,
+    split_evenly,
+    usable_cores,
+)
+from dt_eva.evaluation.rollout import eval_mode, rollout_groups
 from dt_eva.evaluation.slots import LayoutEnv, SlotPool, check_eval_seed, episode_layout, task_layouts
+from dt_eva.training.precision import precision_name, resolve_precision
 
 #: Lock-step envs when `num_envs` is None: all episodes at once up to this many (each env holds
 #: ~16 MB and costs ~0.25 s to build; beyond a few dozen the batched forward is already amortised).
 DEFAULT_MAX_ENVS = 64
+#: Each chunk's envs are cut into this many groups, one model forward per group and step.
+FORWARD_GROUPS = 2
 
 
 def evaluate_policy(
@@ -45,6 +61,8 @@ def evaluate_policy(
     *,
     dataset: Any = None,
     asynchronous: bool = False,
+    precision: str = "auto",
+    env_workers: int | None = None,
 ) -> dict[str, Any]:
     """Roll out a Decision Transformer online on Meta-World; success and returns per task.
 
@@ -63,7 +81,15 @@ def evaluate_policy(
         video_dir: if given, a GIF of episode 0 of every task goes there when rendering works
             (otherwise a warning).
         dataset: an `OfflineDataset` or a dataset path, for the target returns.
-        asynchronous: step envs in worker processes (one per env; gymnasium `AsyncVectorEnv`).
+        asynchronous: step envs in worker processes (one per env; gymnasium `AsyncVectorEnv`),
+            without pipelining; overrides `env_workers`.
+        precision: "auto" (bf16 autocast where the hardware has native bf16 matmuls, else fp32),
+            "bf16" or "fp32"; see `dt_eva.training.precision.resolve_precision`.
+        env_workers: worker processes that step the envs while the model runs (shared between the
+            two halves of each chunk; the model computes one half while the other steps). 0: all in
+            this process. None: `default_env_workers()`, i.e. 0 on one core, else one per core
+            beyond the first and at least 2. Results do not depend on it. Torch runs with one thread
+            per core the workers leave free (at least one) during the call.
 
     Returns the dict documented in docs/architecture.md ("Evaluation"); `seconds` is the whole
     call, `env_steps_per_s` counts the rollouts only (env construction and video excluded).
@@ -79,8 +105,12 @@ def evaluate_policy(
     for name, value in (("rtg_scale", rtg_scale), ("reward_scale", reward_scale)):
         if not isinstance(value, numbers.Real) or not value > 0 or not math.isfinite(value):
             raise ValueError(f"{name} must be a positive number (the training data's scaling), got {value!r}")
+    if env_workers is not None:
+        _check_non_negative_int("env_workers", env_workers)
     check_model_fits_envs(model)
     targets = resolve_target_returns(task_list, target_returns, dataset)
+    autocast_dtype = resolve_precision(precision, device)
+    workers = 0 if asynchronous else (default_env_workers() if env_workers is None else int(env_workers))
 
     model.to(device)
     jobs = [(task, j) for j in range(episodes) for task in task_list]  # episode-major: see module doc
@@ -93,17 +123,23 @@ def evaluate_policy(
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(jobs) * EPISODE_LENGTH, unit="step", desc="evaluate", disable=not progress, leave=False)
-    envs = _LockstepEnvs(asynchronous)
+    envs = _LockstepEnvs(asynchronous, workers)
+    torch_threads = torch.get_num_threads()
+    if workers:  # leave the workers their cores (intra-op threads would spin against them)
+        torch.set_num_threads(max(1, min(torch_threads, usable_cores() - workers)))
     try:
         with eval_mode(model):
             for lo in range(0, len(jobs), chunk):
                 batch_jobs = jobs[lo : lo + chunk]
-                vec = envs.prepare(batch_jobs, seed)
+                groups = envs.prepare(batch_jobs, seed)
                 t0 = time.perf_counter()
-                result = rollout_lockstep(
-                    model, vec, np.array([targets[t] for t, _ in batch_jobs]), rtg_scale, reward_scale,
-                    on_step=bar.update,
-                )
+                try:
+                    result = rollout_groups(
+                        model, groups, np.array([targets[t] for t, _ in batch_jobs]), rtg_scale, reward_scale,
+                        on_step=bar.update, autocast_dtype=autocast_dtype,
+                    )
+                finally:
+                    envs.release(groups)
                 rollout_seconds += time.perf_counter() - t0
                 for i, (task, j) in enumerate(batch_jobs):
                     returns[task][j] = result.returns[i]
@@ -111,6 +147,7 @@ def evaluate_policy(
                     if j == 0:
                         first_actions[task] = result.actions[i]
     finally:
+        torch.set_num_threads(torch_threads)
         bar.close()
         envs.close()
 
@@ -123,6 +160,8 @@ def evaluate_policy(
         "seconds": 0.0,
         "env_steps_per_s": len(jobs) * EPISODE_LENGTH / max(rollout_seconds, 1e-9),
         "num_envs": int(chunk),
+        "env_workers": int(workers),
+        "precision": precision_name(autocast_dtype),
         "rtg_scale": float(rtg_scale),
         "reward_scale": float(reward_scale),
     }
@@ -139,26 +178,36 @@ def evaluate_policy(
 
 
 class _LockstepEnvs:
-    """The vector env of each chunk: pooled `LayoutEnv`s (sync) or worker processes (async)."""
+    """The env groups of each chunk: pooled `LayoutEnv`s stepped here (one group) or in `workers`
+    worker processes (one group each), or gymnasium's `AsyncVectorEnv` (`asynchronous`)."""
 
-    def __init__(self, asynchronous: bool) -> None:
+    def __init__(self, asynchronous: bool, workers: int = 0) -> None:
         self.asynchronous = asynchronous
+        self.workers = workers
         self._pool = SlotPool()
         self._async_vec = None
         self._async_tasks: tuple[str, ...] = ()
 
-    def prepare(self, jobs: list[tuple[str, int]], seed: int):
+    def prepare(self, jobs: list[tuple[str, int]], seed: int) -> list:
         import gymnasium as gym
 
         tasks = [t for t, _ in jobs]
         layouts = [episode_layout(seed, j) for _, j in jobs]
         if not self.asynchronous:
             for task, (mt1_seed, _) in zip(tasks, layouts):
-                task_layouts(task, mt1_seed)  # generate (and cache) layouts up front
+                task_layouts(task, mt1_seed)  # generate (and cache) layouts up front (forked workers inherit them)
             slot_envs = self._pool.take(tasks)
             for env, layout in zip(slot_envs, layouts):
                 env.layout = layout
-            return gym.vector.SyncVectorEnv([functools.partial(_same, e) for e in slot_envs], copy=False)
+            # Two halves, whatever the number of workers: the model's forward batches (and so the
+            # results) are the same with and without workers; the workers are shared out between them.
+            halves = split_evenly(slot_envs, FORWARD_GROUPS)
+            processes = [self.workers // 2 + self.workers % 2, self.workers // 2][: len(halves)]
+            return [
+                WorkerEnvGroup(envs, p) if p else
+                VectorEnvGroup(gym.vector.SyncVectorEnv([functools.partial(_same, e) for e in envs], copy=False))
+                for envs, p in zip(halves, processes)
+            ]
         if tuple(tasks) != self._async_tasks:  # same task mix as the last chunk: keep the workers
             self.close()
             self._async_vec = gym.vector.AsyncVectorEnv(
@@ -166,7 +215,12 @@ class _LockstepEnvs:
             )
             self._async_tasks = tuple(tasks)
         self._async_vec.set_attr("layout", layouts)
-        return self._async_vec
+        return [VectorEnvGroup(self._async_vec)]
+
+    @staticmethod
+    def release(groups: list) -> None:
+        for group in groups:
+            group.close()
 
     def close(self) -> None:
         if self._async_vec is not None:
@@ -247,3 +301,8 @@ def _open_dataset(dataset: Any, tasks: list[str]):
 def _check_positive_int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_non_negative_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer (0: no worker processes), got {value!r}")

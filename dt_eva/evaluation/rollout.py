@@ -13,8 +13,9 @@ grown by concatenation, a full forward per step). It exists to check the batched
 from __future__ import annotations
 
 import contextlib
+from copy import deepcopy
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from torch import nn
 
 from dt_eva.envs import EPISODE_LENGTH
 from dt_eva.evaluation.metrics import update_returns_to_go
+from dt_eva.training.precision import autocast
 
 
 @dataclass
@@ -66,6 +68,7 @@ def rollout_lockstep(
     rtg_scale: float = 200.0,
     reward_scale: float = 200.0,
     on_step: Callable[[int], None] | None = None,
+    autocast_dtype: torch.dtype | None = None,
 ) -> EpisodeBatch:
     """Play one 200-step episode in each of the `vec_env.num_envs` sub-envs, all in lock-step.
 
@@ -73,13 +76,54 @@ def rollout_lockstep(
     `LayoutEnv` with `layout` set); it is reset here. `target_returns` `[N]` are raw (unscaled)
     target returns. The model runs on its own device and dtype; call inside `eval_mode(model)`.
     `on_step(n)` is called after every step with the number of env steps just taken.
+    `autocast_dtype` (e.g. `torch.bfloat16`) runs the model's forwards under autocast.
+    """
+    from dt_eva.evaluation.env_workers import VectorEnvGroup
+
+    return rollout_groups(model, [VectorEnvGroup(vec_env)], target_returns, rtg_scale, reward_scale, on_step,
+                          autocast_dtype)
+
+
+def low_precision_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """A copy of `model` whose linear layers hold `dtype` weights, for forwards under autocast.
+
+    Autocast would cast every weight to bf16 at every op and step (its cast cache is off under
+    `inference_mode`); the copy has them cast once. Everything else (layer norms, embeddings
+    tables, adapter parameters outside `nn.Linear`) stays as it is and autocast handles it.
+    """
+    copy = deepcopy(model)
+    for module in copy.modules():
+        if isinstance(module, nn.Linear):
+            module.to(dtype)
+    return copy
+
+
+def rollout_groups(
+    model: nn.Module,
+    groups: Sequence,
+    target_returns: np.ndarray,
+    rtg_scale: float = 200.0,
+    reward_scale: float = 200.0,
+    on_step: Callable[[int], None] | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> EpisodeBatch:
+    """`rollout_lockstep` over env groups (`dt_eva.evaluation.env_workers`), pipelined.
+
+    The envs of all groups form one lock-step batch (group 0's envs first); the model runs once per
+    step and group on that group's rows. Per step, for each group in turn: wait for its last step,
+    record it, predict its next actions, send them (`step_async`) and go on to the next group. So
+    while the model computes one group, the groups stepping in worker processes run their physics.
+    Results depend only on the groups' sizes, not on where their envs step.
     """
     cfg = model.cfg
     device, dtype = model_device_dtype(model)
-    n, steps, k = vec_env.num_envs, EPISODE_LENGTH, cfg.context_len
+    sizes = [g.num_envs for g in groups]
+    n, steps, k = sum(sizes), EPISODE_LENGTH, cfg.context_len
     if len(target_returns) != n:
         raise ValueError(f"got {len(target_returns)} target returns for {n} envs")
+    bounds = np.concatenate([[0], np.cumsum(sizes)]).tolist()
 
+    # pre-allocated histories; the model reads views of the last `context_len` steps
     states = torch.zeros(n, steps, cfg.state_dim, device=device, dtype=dtype)
     actions = torch.zeros(n, steps, cfg.act_dim, device=device, dtype=dtype)
     rewards = torch.zeros(n, steps, 1, device=device, dtype=dtype)  # scaled by reward_scale
@@ -95,31 +139,44 @@ def rollout_lockstep(
     out_rewards = np.zeros((n, steps), dtype=np.float64)
     out_success = np.zeros((n, steps), dtype=bool)
 
-    obs, _ = vec_env.reset()
-    for t in range(steps):
-        states[:, t] = torch.as_tensor(obs, dtype=dtype).to(device, non_blocking=True)
-        rtg[:, t] = current
-        lo = max(0, t + 1 - k)
-        action = model.predict_last_action(
-            states[:, lo : t + 1],
-            actions[:, lo : t + 1],  # step t's entry is still zero: a placeholder the model does not see
-            rtg[:, lo : t + 1],
-            timesteps[:, lo : t + 1],
-            rewards[:, lo : t + 1] if use_rewards else None,
-        )
-        action = action.clamp(-1.0, 1.0)  # what the env executes, as in the training data
-        actions[:, t] = action
-        env_action = action.float().cpu().numpy()
-        obs, reward, _, _, info = vec_env.step(env_action)
-        reward = np.asarray(reward, dtype=np.float64)
-        out_actions[:, t] = env_action
-        out_rewards[:, t] = reward
-        out_success[:, t] = np.asarray(info["success"]) > 0
-        reward_t = torch.as_tensor(reward, dtype=dtype).to(device, non_blocking=True).view(n, 1)
-        rewards[:, t] = reward_t / reward_scale
-        current = update_returns_to_go(current, reward_t, rtg_scale, initial)
+    def record(lo: int, hi: int, t: int, reward: np.ndarray, success: np.ndarray) -> None:
+        out_rewards[lo:hi, t] = reward
+        out_success[lo:hi, t] = success
+        reward_t = torch.as_tensor(reward, dtype=dtype).to(device, non_blocking=True).view(hi - lo, 1)
+        rewards[lo:hi, t] = reward_t / reward_scale
+        current[lo:hi] = update_returns_to_go(current[lo:hi], reward_t, rtg_scale, initial[lo:hi])
         if on_step is not None:
-            on_step(n)
+            on_step(hi - lo)
+
+    policy = model if autocast_dtype is None else low_precision_copy(model, autocast_dtype)
+    first_obs = [g.reset() for g in groups]
+    with autocast(device, autocast_dtype):
+        for t in range(steps):
+            start = max(0, t + 1 - k)
+            for i, group in enumerate(groups):
+                lo, hi = bounds[i], bounds[i + 1]
+                if t == 0:
+                    obs = first_obs[i]
+                else:
+                    obs, reward, success = group.step_wait()
+                    record(lo, hi, t - 1, reward, success)
+                states[lo:hi, t] = torch.as_tensor(obs, dtype=dtype).to(device, non_blocking=True)
+                rtg[lo:hi, t] = current[lo:hi]
+                action = policy.predict_last_action(
+                    states[lo:hi, start : t + 1],
+                    actions[lo:hi, start : t + 1],  # step t's entry is still zero: a placeholder the model does not see
+                    rtg[lo:hi, start : t + 1],
+                    timesteps[lo:hi, start : t + 1],
+                    rewards[lo:hi, start : t + 1] if use_rewards else None,
+                )
+                action = action.clamp(-1.0, 1.0)  # what the env executes, as in the training data
+                actions[lo:hi, t] = action
+                env_action = action.float().cpu().numpy()
+                out_actions[lo:hi, t] = env_action
+                group.step_async(env_action)
+    for i, group in enumerate(groups):
+        _, reward, success = group.step_wait()
+        record(bounds[i], bounds[i + 1], steps - 1, reward, success)
     return EpisodeBatch(out_actions, out_rewards, out_success)
 
 

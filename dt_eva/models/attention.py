@@ -158,6 +158,8 @@ class CausalSelfAttention(nn.Module):
             y = self._cpu_dropout_attention(q, k, v, dropout_p, offset, stride)
         elif query_tokens is None:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        elif t_q == 1 and offset == t - 1:  # the last token alone (inference) sees every key: no mask
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
         else:  # strided queries: is_causal would align query i with key i, so pass the mask
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=self._allowed_mask(t_q, t, offset, stride, q.device),
                                                dropout_p=dropout_p)

@@ -209,12 +209,16 @@ class DecisionTransformer(nn.Module):
         b, k = states.shape[:2]
         per_step = len(self._layout)
         x = self.embed(states, actions, returns_to_go, timesteps, rewards)
+        if last_block == "last":
+            # The last step's tokens after its predicting token (the placeholder action / reward)
+            # cannot influence the prediction through the causal mask: drop them from every block.
+            x = x[:, : (k - 1) * per_step + self._action_index + 1]
         for block in self.blocks[:-1]:
             x = block(x)
         if last_block == "all":
             x = self.blocks[-1](x).view(b, k, per_step, -1)[:, :, self._action_index]
         else:
-            first = self._action_index if last_block == "actions" else (k - 1) * per_step + self._action_index
+            first = self._action_index if last_block == "actions" else x.shape[1] - 1
             x = self.blocks[-1](x, query_tokens=(first, per_step))
         preds = self.action_head(self.ln_f(x))
         return torch.tanh(preds) if self.cfg.action_tanh else preds
