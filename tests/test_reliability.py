@@ -234,3 +234,12 @@ def test_missing_task_data_hint_is_a_command_collect_accepts(ws, capsys):
     assert (args.episodes, args.noise, args.random_prefix, args.seed) == (
         meta["episodes"], meta["noise_levels"], meta["random_prefixes"], meta["seed"])
     assert task_params("push", args.episodes, args.noise, args.random_prefix, args.seed)["seed"] == meta["seed"]
+
+
+def test_a_forced_bf16_the_cpu_lacks_fails_before_the_run_exists(ws, capsys):
+    from dt_eva.training.precision import cpu_native_bf16_features
+
+    if cpu_native_bf16_features():
+        pytest.skip("this CPU has native bf16 matmuls: a forced bf16 is valid here")
+    assert pretrain("name=b", "train.precision=bf16") == 1
+    assert "bf16" in capsys.readouterr().err and not (ws / "runs/b").exists()

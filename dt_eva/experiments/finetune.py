@@ -163,10 +163,11 @@ def prepare_finetune(cfg: FinetuneConfig, resume: bool = False, force: bool = Fa
     paths = RunPaths(cfg.resolved_run_dir)
     # 1. validate everything before the disk is touched
     batch = local_batch_size(cfg.train.batch_size, dist.world_size)
+    autocast_dtype = resolve_precision(cfg.train.precision, dist.device)  # a bf16 the device lacks fails here
     v = validate(cfg)
     plan = plan_run(dist, cfg, paths, KIND, resume, force)
     # 2. EVA: a failure here leaves nothing behind
-    eva_result = _eva_for_run(cfg, v, paths, dist, reuse=plan == "resume")
+    eva_result = _eva_for_run(cfg, v, paths, dist, autocast_dtype, reuse=plan == "resume")
     # 3. the run directory
     meta = {"task": v.task, "method": v.spec.name, "base": v.base.identity(), "model": config_to_dict(v.base.model_cfg)}
     run, resuming = claim_run(dist, cfg, paths, KIND, resume, force, meta)
@@ -182,15 +183,15 @@ def prepare_finetune(cfg: FinetuneConfig, resume: bool = False, force: bool = Fa
                          eva_result, eval_results)
 
 
-def _eva_for_run(cfg: FinetuneConfig, v: Validated, paths: RunPaths, dist: DistContext, reuse: bool) -> Any:
+def _eva_for_run(cfg: FinetuneConfig, v: Validated, paths: RunPaths, dist: DistContext,
+                 autocast_dtype: torch.dtype | None, reuse: bool) -> Any:
     """The EVA result of the run: computed now, or (resuming) the one the run started with."""
     if not v.spec.eva:
         return None
     if reuse and (paths.eva / "result.json").is_file():
         return load_eva_result(paths.eva)
-    dtype = resolve_precision(cfg.train.precision, dist.device)
     return run_eva(cfg, v.base, v.dataset, v.task, dist.device, data_seed=rank_seed(cfg.seed, dist.rank),
-                   autocast_dtype=dtype)
+                   autocast_dtype=autocast_dtype)
 
 
 def _build_trainer(cfg: FinetuneConfig, v: Validated, mm: MethodModel, paths: RunPaths, dist: DistContext,

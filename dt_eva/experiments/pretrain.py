@@ -37,6 +37,7 @@ from dt_eva.training.distributed import (
     rank_seed,
     shutdown_distributed,
 )
+from dt_eva.training.precision import resolve_precision
 from dt_eva.utils.io import atomic_write_json
 
 KIND = "pretrain"
@@ -109,6 +110,7 @@ def prepare_pretrain(cfg: PretrainConfig, resume: bool = False, force: bool = Fa
     paths = RunPaths(cfg.resolved_run_dir)
     # 1. validate: nothing is created or deleted before every check has passed
     batch = local_batch_size(cfg.train.batch_size, dist.world_size)
+    resolve_precision(cfg.train.precision, dist.device)  # a bf16 the device lacks fails before the run exists
     dataset = load_pretrain_dataset(cfg)
     targets = eval_targets(cfg, dataset)
     plan_run(dist, cfg, paths, KIND, resume, force)
