@@ -179,7 +179,7 @@ def forward_matmul_flops(cfg: DTConfig, batch_size: int) -> float:
 
 
 def train_units(model, optimizer, batch, dtype, device, steps):
-    from dt_eva.training.precision import autocast
+    from dt_eva.utils.precision import autocast
 
     params = [p for p in model.parameters() if p.requires_grad]
 
@@ -265,7 +265,7 @@ def main() -> None:
             bench_preset(name, args.batch_size, args.steps, args.repeats, dtype)
         return
 
-    from dt_eva.training.precision import cpu_native_bf16_features, resolve_precision
+    from dt_eva.utils.precision import cpu_native_bf16_features, resolve_precision
 
     device = torch.device(args.device)
     native = resolve_precision("auto", device) is not None

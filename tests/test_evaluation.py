@@ -349,7 +349,7 @@ def test_fp32_rollout_equals_reference_and_bf16_rollout_stays_within_bf16_tolera
 
     # bf16 autocast: every action within bf16 tolerance of the fp32 model's on the same history
     monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: True)
-    from dt_eva.training.precision import resolve_precision
+    from dt_eva.utils.precision import resolve_precision
 
     bf16, bf16_obs = _recorded_rollout(model, "push", layouts, targets, resolve_precision("auto", "cpu"), **scales)
     replayed = _replay_actions(model, bf16_obs, bf16, targets, **scales)

@@ -237,7 +237,7 @@ def test_missing_task_data_hint_is_a_command_collect_accepts(ws, capsys):
 
 
 def test_a_forced_bf16_the_cpu_lacks_fails_before_the_run_exists(ws, capsys):
-    from dt_eva.training.precision import cpu_native_bf16_features
+    from dt_eva.utils.precision import cpu_native_bf16_features
 
     if cpu_native_bf16_features():
         pytest.skip("this CPU has native bf16 matmuls: a forced bf16 is valid here")

@@ -39,7 +39,7 @@ def check_device(spec: str) -> str:
     """The torch device `spec` names, checked to exist here before any work; a `ValueError` otherwise."""
     import torch
 
-    from dt_eva.training.precision import resolve_device
+    from dt_eva.utils.precision import resolve_device
 
     try:
         device = resolve_device(spec)

@@ -37,7 +37,7 @@ from dt_eva.evaluation.env_workers import (
 )
 from dt_eva.evaluation.rollout import eval_mode, rollout_groups
 from dt_eva.evaluation.slots import LayoutEnv, SlotPool, check_eval_seed, episode_layout, task_layouts
-from dt_eva.training.precision import precision_name, resolve_precision
+from dt_eva.utils.precision import precision_name, resolve_precision
 
 #: Lock-step envs when `num_envs` is None: all episodes at once up to this many (each env holds
 #: ~16 MB and costs ~0.25 s to build; beyond a few dozen the batched forward is already amortised).
@@ -84,7 +84,7 @@ def evaluate_policy(
         asynchronous: step envs in worker processes (one per env; gymnasium `AsyncVectorEnv`),
             without pipelining; overrides `env_workers`.
         precision: "auto" (bf16 autocast where the hardware has native bf16 matmuls, else fp32),
-            "bf16" or "fp32"; see `dt_eva.training.precision.resolve_precision`.
+            "bf16" or "fp32"; see `dt_eva.utils.precision.resolve_precision`.
         env_workers: worker processes that step the envs while the model runs (shared between the
             two halves of each chunk; the model computes one half while the other steps). 0: all in
             this process. None: `default_env_workers()`, i.e. 0 on one core, else one per core

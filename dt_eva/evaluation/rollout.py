@@ -23,7 +23,7 @@ from torch import nn
 
 from dt_eva.envs import EPISODE_LENGTH
 from dt_eva.evaluation.metrics import update_returns_to_go
-from dt_eva.training.precision import autocast
+from dt_eva.utils.precision import autocast
 
 
 @dataclass

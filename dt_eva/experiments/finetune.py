@@ -59,7 +59,7 @@ from dt_eva.training.distributed import (
     rank_seed,
     shutdown_distributed,
 )
-from dt_eva.training.precision import resolve_precision
+from dt_eva.utils.precision import resolve_precision
 from dt_eva.utils.io import atomic_torch_save, atomic_write_json
 
 KIND = "finetune"

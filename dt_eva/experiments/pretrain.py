@@ -37,7 +37,7 @@ from dt_eva.training.distributed import (
     rank_seed,
     shutdown_distributed,
 )
-from dt_eva.training.precision import resolve_precision
+from dt_eva.utils.precision import resolve_precision
 from dt_eva.utils.io import atomic_write_json
 
 KIND = "pretrain"

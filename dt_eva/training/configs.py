@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
+from dt_eva.utils.precision import PRECISIONS
+
 
 @dataclass
 class DataConfig:
@@ -52,8 +54,6 @@ class OptimConfig:
             raise ValueError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
         self.betas = (float(self.betas[0]), float(self.betas[1]))
 
-
-PRECISIONS = ("auto", "bf16", "fp32")
 
 
 @dataclass

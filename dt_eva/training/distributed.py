@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .precision import resolve_device
+from dt_eva.utils.precision import resolve_device
 
 # Rank 0 evaluates online while the other ranks wait in the next collective; give it time.
 COLLECTIVE_TIMEOUT = datetime.timedelta(hours=2)

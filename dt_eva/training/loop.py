@@ -31,7 +31,7 @@ from .configs import OptimConfig, TrainConfig
 from .distributed import DistContext, all_gather_objects, all_reduce_mean, any_rank, barrier
 from .metrics import MetricsLogger
 from .optim import build_optimizer, weight_decay_param_groups
-from .precision import autocast, precision_name, resolve_precision
+from dt_eva.utils.precision import autocast, precision_name, resolve_precision
 from .schedule import build_scheduler
 
 

@@ -8,7 +8,7 @@ from typing import ContextManager
 
 import torch
 
-from .configs import PRECISIONS
+PRECISIONS = ("auto", "bf16", "fp32")
 
 #: CPU features with native bf16 matmul instructions (x86: AVX512-BF16 dot products, AMX tiles).
 NATIVE_BF16_CPU_FEATURES = ("avx512_bf16", "amx_bf16")
