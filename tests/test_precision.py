@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dt_eva.models import DecisionTransformer, DTConfig
-from dt_eva.training import precision as precision_module
+from dt_eva.utils import precision as precision_module
 from dt_eva.utils.precision import autocast, cpu_native_bf16_features, precision_name, resolve_precision
 
 CPU = torch.device("cpu")
