@@ -325,7 +325,7 @@ def _replay_actions(model, observations, batch, targets, rtg_scale, reward_scale
 
 @pytest.mark.slow
 def test_fp32_rollout_equals_reference_and_bf16_rollout_stays_within_bf16_tolerance(monkeypatch):
-    from dt_eva.training import precision as precision_module
+    from dt_eva.utils import precision as precision_module
 
     model = tiny_dt(dtype=torch.float32)
     layouts = [episode_layout(0, 0), episode_layout(0, 3)]
@@ -360,7 +360,7 @@ def test_fp32_rollout_equals_reference_and_bf16_rollout_stays_within_bf16_tolera
 
 
 def test_evaluate_policy_precision_argument(monkeypatch):
-    from dt_eva.training import precision as precision_module
+    from dt_eva.utils import precision as precision_module
 
     model = tiny_dt(dtype=torch.float32)
     monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: False)
