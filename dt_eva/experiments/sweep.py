@@ -336,6 +336,9 @@ def run_job(job: RunJob) -> str | None:
 
         if job.threads:
             torch.set_num_threads(job.threads)
+        cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "all"
+        print(f"dt-eva sweep: run {job.name} on cores {cores} with {torch.get_num_threads()} torch thread(s)",
+              flush=True)
         config_ref, driver_ref = KINDS[job.kind]
         cfg = load_config(_load(config_ref), job.base, job.overrides)
         _load(driver_ref)(cfg, resume=job.resume)
@@ -412,11 +415,18 @@ class ProcessLauncher:
         wait([h[0].sentinel for h in handles] + [h[1] for h in handles], timeout)
 
     def stop(self, handles: list[Any]) -> None:
-        """SIGTERM: each run saves a checkpoint and stops (a later sweep resumes it)."""
+        """Let each run save a checkpoint and stop (a later sweep resumes it). After Ctrl-C in a terminal
+        the runs got the SIGINT too: give them time, since a second signal stops a run without saving."""
+        deadline = time.monotonic() + 10
         for process, _ in handles:
-            process.terminate()
+            process.join(max(deadline - time.monotonic(), 0))
         for process, _ in handles:
-            process.join(60)
+            if process.is_alive():
+                process.terminate()  # SIGTERM: checkpoint, then stop
+        for process, _ in handles:
+            process.join(120)
+            if process.is_alive():
+                process.kill()
 
 
 def _process_main(job: RunJob, send: Any, log: str) -> None:
