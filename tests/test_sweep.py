@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from dt_eva.cli import main
-from dt_eva.experiments.sweep import (core_slots, expand, load_configs, load_sweep, parse_minutes, read_run_results,
-                                      run_sweep)
+from dt_eva.experiments.sweep import (core_slots, expand, load_configs, load_sweep, parse_minutes, plan_sweep,
+                                      read_run_results, run_sweep)
 
 REPO = Path(__file__).resolve().parents[1]
 LEGACY = REPO / "tests" / "fixtures" / "legacy"
@@ -98,6 +98,29 @@ def test_bad_sweep_is_an_error_before_anything_starts(ws, capsys, sections, mess
     assert not (ws / "sweeps").exists()  # nothing written, nothing started
     assert main(["sweep", str(sweep), "--no-progress"]) == 1  # the CLI prints it without a traceback
     assert "dt-eva sweep: error:" in capsys.readouterr().err
+
+
+def test_slurm_launcher_needs_a_time_limit_and_sbatch_before_anything_is_written(ws):
+    sweep = write_sweep(ws / "s.yaml", grid={"seed": [0]})
+    with pytest.raises(ValueError, match="--launcher slurm needs --time"):
+        run_sweep(sweep, launcher="slurm", progress=False)
+    if shutil.which("sbatch") is None:
+        with pytest.raises(ValueError, match="sbatch is not on this machine's PATH"):
+            run_sweep(sweep, launcher="slurm", slurm={"time": 60}, progress=False)
+    assert not (ws / "sweeps").exists()
+
+
+def test_a_pretraining_sweep_expands_and_checks_its_dataset(ws):
+    sweep = ws / "p.yaml"
+    sweep.write_text(yaml.safe_dump({"kind": "pretrain", "base": "runs/pre/config.yaml", "fixed": {"train.steps": 2},
+                                     "grid": {"model.hidden_size": [16, 32]}}))
+    plan = plan_sweep(sweep)
+    assert [(r.name, r.status, r.config.model.hidden_size) for r in plan.runs] == [
+        ("hidden_size=16", "new", 16), ("hidden_size=32", "new", 32)]
+    assert plan.spec.out == Path("sweeps/p")  # default: sweeps/<file name>
+    sweep.write_text(sweep.read_text().replace("train.steps: 2", "data.path: data/none"))
+    with pytest.raises(FileNotFoundError, match="run hidden_size=16: .*data/none"):
+        plan_sweep(sweep)
 
 
 def test_a_finished_run_with_another_config_is_refused(ws):

@@ -38,6 +38,7 @@ import json
 import math
 import os
 import re
+import shutil
 import sys
 import time
 import traceback
@@ -125,6 +126,9 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> SweepSpec:
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise ValueError(f"{path}: grid key {key} must have a non-empty list of values, got {values!r}")
+    for key in ("when", "exclude"):
+        if not isinstance(data.get(key) or [], list):
+            raise ValueError(f"{path}: {key}: must be a list (each item starting with '- ')")
     rules = [_rule(item, i, grid, path) for i, item in enumerate(data.get("when") or [])]
     excludes = [_condition(item, f"exclude[{i}]", grid, path) for i, item in enumerate(data.get("exclude") or [])]
     for where, keys in [("fixed", fixed), ("grid", grid)] + [(f"when[{i}].set", r.set) for i, r in enumerate(rules)]:
@@ -459,12 +463,15 @@ class SubmititLauncher:
         self.capacity = jobs if cluster == "local" else None
         self.slots = core_slots(jobs) if cluster == "local" else None
         self.threads = slurm.get("cpus_per_task")
+        if cluster == "slurm" and shutil.which("sbatch") is None:
+            raise ValueError("--launcher slurm: sbatch is not on this machine's PATH; run the sweep on a Slurm "
+                             "login node (or use --launcher processes / local here)")
         self.executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
         minutes = slurm.get("time") or 7 * 24 * 60
         params: dict[str, Any] = {"timeout_min": minutes, "name": "dt-eva-sweep"}
         if cluster == "slurm":
             params.update(slurm_partition=slurm.get("partition"), gpus_per_node=slurm.get("gpus") or 0,
-                          cpus_per_task=slurm.get("cpus_per_task") or 1)
+                          cpus_per_task=slurm.get("cpus_per_task"))
             params["slurm_array_parallelism"] = slurm.get("parallel")
         self.executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
 
@@ -620,18 +627,19 @@ def run_sweep(path: str | Path, *, jobs: int = 1, launcher: str = "processes", o
     if jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {jobs}")
     plan = plan_sweep(path, out)
-    spec = plan.spec
+    spec, todo = plan.spec, plan.todo
+    backend = make_launcher(launcher, spec.out, jobs, slurm or {}) if todo else None
     spec.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(spec.out / "sweep.yaml", spec.path.read_text(encoding="utf-8"))  # what made the table
     table = ResultsTable(spec, plan.runs)
     table.write()
-    todo = plan.todo
     if todo:
-        execute(todo, spec, make_launcher(launcher, spec.out, jobs, slurm or {}), table, progress)
+        execute(todo, spec, backend, table, progress)
     return SweepResult(table.path, len(plan.runs), len(todo), table.failed())
 
 
 def make_launcher(name: str, out: Path, jobs: int, slurm: dict[str, Any]) -> Any:
+    """The launcher, made after every check (submitit creates its folder)."""
     if name == "processes":
         return ProcessLauncher(jobs, out / LOGS)
     if name in ("local", "slurm"):
