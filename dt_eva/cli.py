@@ -19,7 +19,7 @@ import errno  # noqa: E402
 import importlib  # noqa: E402
 import sys  # noqa: E402
 
-COMMANDS = ("collect", "pretrain", "finetune", "evaluate", "report", "demo")
+COMMANDS = ("collect", "pretrain", "finetune", "sweep", "evaluate", "report", "demo")
 
 
 class UserError(Exception):
