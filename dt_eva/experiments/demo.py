@@ -62,8 +62,9 @@ STUDY_LINE = ("This is one small comparison (one task, one seed, one budget); th
 # --- settings and paths ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DemoSettings:
-    """The demo's sizes; the model and training recipe are the tiny presets'. `default()` is budgeted
-    for about 10 minutes on 2 CPU cores (docs/benchmarks.md, "Demo"); `fast()` is a smoke run."""
+    """The demo's sizes; the model and training recipe are the tiny presets'. `default()` keeps the
+    earlier demo's budget (8-11 min measured on 2 cores, docs/benchmarks.md "Demo"): as many updates,
+    each no dearer than before; `fast()` is a smoke run."""
 
     preset: str
     # window-close: a CW10 task the scripted expert solves reliably, and whose skill (moving a
@@ -260,10 +261,11 @@ class Stages:
     log: Callable[[str], None]
     records: list[StageRecord] = field(default_factory=list)
 
-    def run(self, name: str, path: Path, work: Callable[[], str]) -> None:
+    def run(self, name: str, path: Path, work: Callable[..., str], *args: Any) -> None:
+        """`work(*args)` returns the stage's status; its wall and CPU time are recorded."""
         self.log(f"\n=== [{len(self.records) + 1}] {name} -> {path} ===")
         start, cpu_start = time.perf_counter(), _cpu_seconds()
-        status = work()
+        status = work(*args)
         seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
         self.records.append(StageRecord(name, status, seconds, cpu, str(path)))
         self.log(f"=== {name}: {status} in {seconds:.1f} s (CPU {cpu:.1f} s) ===")
@@ -351,7 +353,7 @@ def compare(records: dict[str, dict]) -> dict[str, dict[str, Any]]:
         row: dict[str, Any] = {"heldout_mse": {k: record["heldout"][k] for k in ("mean", "se", "n")}}
         for metric in ("success_any", "success_final"):
             per_episode = record[f"{metric}_per_episode"]
-            k, n = int(round(sum(per_episode))), len(per_episode)
+            k, n = round(sum(per_episode)), len(per_episode)
             row[metric] = {"rate": k / n, "successes": k, "episodes": n, "interval95": wilson_interval(k, n)}
         out[name] = row
     return out
@@ -385,20 +387,20 @@ def run_demo(
 
     for name, (tasks, episodes, seed) in settings.datasets().items():
         stages.run(f"collect {name} data", paths.data / name,
-                   lambda: collect(paths.data / name, tasks, episodes, seed, settings, progress))
-    stages.run("pre-train tiny DT", paths.pretrain_run, lambda: train(plans["pretrain"], configs["pretrain"], run_pretrain))
+                   collect, paths.data / name, tasks, episodes, seed, settings, progress)
+    stages.run("pre-train tiny DT", paths.pretrain_run, train, plans["pretrain"], configs["pretrain"], run_pretrain)
     for method in DEMO_METHODS:
         stages.run(f"fine-tune {resolve_method(method).label} on {task_name}", paths.finetune_run(method),
-                   lambda: train(plans[method], configs[method], run_finetune))
+                   train, plans[method], configs[method], run_finetune)
 
     # every model, the pre-trained one included, is conditioned on the best return of the task's data
     target = target_returns(load_dataset(paths.data / "finetune", tasks=[settings.task]), [settings.task])[settings.task]
     records: dict[str, dict] = {}
     for name, run_dir in paths.model_runs().items():
-        stages.run(f"evaluate {_label(name)}", run_dir,
-                   lambda: evaluate(name, run_dir, paths, settings, target, progress, records))
+        stages.run(f"evaluate {_label(name)}", run_dir, evaluate, name, run_dir, paths, settings, target, progress,
+                   records)
     report: dict[str, Any] = {}
-    stages.run("report", paths.report, lambda: make_report(paths, report))
+    stages.run("report", paths.report, make_report, paths, report)
 
     result = {
         "workdir": str(paths.workdir), "task": settings.task, "settings": dataclasses.asdict(settings),
