@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "The whole pipeline at tiny scale: collect, pretrain, finetune LoRA vs EVA, evaluate."
+HELP = "The whole pipeline at tiny scale: collect, pretrain, finetune LoRA vs EVA, evaluate with uncertainty."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dt_eva.demo import run_demo
+    from dt_eva.experiments.demo import run_demo
 
     run_demo(workdir=args.workdir, fast=args.fast, task=args.task, progress=not args.no_progress)
     return 0
