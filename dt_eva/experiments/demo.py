@@ -37,7 +37,7 @@ import dt_eva
 from dt_eva.config import config_diff, config_to_dict, load_config
 from dt_eva.data import WindowSampler, collect_dataset, load_dataset
 from dt_eva.envs import CW10, EPISODE_LENGTH, resolve_task, short_name
-from dt_eva.evaluation import evaluate_run
+from dt_eva.experiments.evaluate import evaluate_run
 from dt_eva.experiments.finetune import run_finetune
 from dt_eva.experiments.pretrain import run_pretrain
 from dt_eva.methods.registry import resolve_method
