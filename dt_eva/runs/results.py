@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from dt_eva.runs.layout import RunPaths
 from dt_eva.utils.io import atomic_write_text, read_metrics
 
+RESULTS = "results.csv"  # in the sweep's folder
 # results.csv column -> config key, per kind (the settings a study compares)
 FIELDS = {
     "finetune": {"task": "task", "method": "method", "rank": "rank", "rho": "rho", "seed": "seed",

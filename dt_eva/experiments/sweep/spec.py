@@ -8,8 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from dt_eva.config import read_yaml_mapping
+from dt_eva.runs.results import RESULTS
 
-RESULTS = "results.csv"
+__all__ = ["KINDS", "LOGS", "OWNED_KEYS", "RESULTS", "RUNS", "SWEEP_KEYS", "Rule", "SweepSpec", "load_ref",
+           "load_sweep", "matches"]
+
 RUNS = "runs"
 LOGS = "logs"
 SWEEP_KEYS = ("kind", "base", "out", "fixed", "grid", "exclude", "when")
