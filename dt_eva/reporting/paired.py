@@ -23,6 +23,9 @@ COMPARISONS = (("eva", "lora"), ("eva_dora", "dora"), ("eva", "fft"))
 RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
 MDD_FACTOR = 2.8  # z_0.975 + z_0.80 = 1.96 + 0.84
+# Below this many pairs a percentile bootstrap has few distinct resample means and its interval is far too
+# narrow: it is shown, but no verdict is drawn from it.
+MIN_PAIRS = 5
 LOWER_IS_BETTER = {"heldout_loss", "final_loss"}
 
 Pair = tuple[str, int]  # (task, seed)
@@ -49,7 +52,9 @@ class PairedDifference:
 
     @property
     def resolved(self) -> bool:
-        return self.low is not None and self.high is not None and (self.low > 0 or self.high < 0)
+        """The interval excludes 0 (and there are enough pairs to trust it)."""
+        return (self.n >= MIN_PAIRS and self.low is not None and self.high is not None
+                and (self.low > 0 or self.high < 0))
 
     def verdict(self) -> str:
         """Which method the interval favours, or that it does not resolve the difference."""
@@ -57,6 +62,8 @@ class PairedDifference:
             return "no common pairs"
         if self.low is None:
             return "one pair: no interval"
+        if self.n < MIN_PAIRS:
+            return f"too few pairs to judge (< {MIN_PAIRS})"
         if not self.resolved:
             return "not resolved (interval includes 0)"
         higher = method_label(self.a) if self.low > 0 else method_label(self.b)

@@ -14,6 +14,7 @@ from dt_eva.reporting.paired import (
     BOOTSTRAP_SEED,
     COMPARISONS,
     MDD_FACTOR,
+    MIN_PAIRS,
     RESAMPLES,
     PairedDifference,
     paired_difference,
@@ -40,30 +41,33 @@ def results_csv_of(path: PathLike) -> Path | None:
     return None
 
 
-def comparisons(rows: list[StudyRow], chosen: dict[str, StudyKey]) -> list[PairedDifference]:
-    """EVA - LoRA, EVA+DoRA - DoRA, EVA - FFT per metric, each method at its chosen configuration
-    (comparisons where neither method ran are left out)."""
-    out = []
+def comparisons(rows: list[StudyRow], chosen: dict[str, StudyKey]) -> tuple[list[PairedDifference], list[str]]:
+    """EVA - LoRA, EVA+DoRA - DoRA, EVA - FFT per metric, each method at its chosen configuration; and
+    notes on the comparisons that could not be made (a method without a finished run)."""
+    out, notes = [], []
     for a, b in COMPARISONS:
-        if a not in chosen and b not in chosen:
+        missing = [method_label(m) for m in (a, b) if m not in chosen]
+        if len(missing) == 1:
+            notes.append(f"{method_label(a)} − {method_label(b)}: not computed, {missing[0]} has no finished run.")
+        if missing:
             continue
         for metric in TABLE_METRICS:
             values = [{(r.task, r.seed): r.values[metric] for r in rows if r.key == chosen.get(m) and metric in r.values}
                       for m in (a, b)]
             if values[0] or values[1]:
                 out.append(paired_difference(a, b, metric, *values))
-    return out
+    return out, notes
 
 
 def _fmt(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:+.{digits}f}"
 
 
-def comparisons_markdown(diffs: list[PairedDifference]) -> str:
+def comparisons_markdown(diffs: list[PairedDifference], not_computed: list[str]) -> str:
     lines = ["### Paired comparisons over (task, seed)", "",
              ("| Comparison | Metric | Pairs | Mean difference | 95 % bootstrap interval | Min. detectable | Verdict "
               "| Paper |"), "|---|---|:-:|:-:|:-:|:-:|---|:-:|"]
-    notes = []
+    notes = list(not_computed)
     for d in diffs:
         digits = 4 if d.metric == "heldout_loss" else 3
         name = f"{method_label(d.a)} − {method_label(d.b)}"
@@ -82,7 +86,8 @@ def comparisons_markdown(diffs: list[PairedDifference]) -> str:
                    f"pairs, {RESAMPLES:,} resamples, numpy seed {BOOTSTRAP_SEED}. Min. detectable: {MDD_FACTOR} x the "
                    "standard error of the paired mean, the smallest true difference this design finds with about "
                    "80 % power at alpha 0.05 (normal approximation; with few pairs the true value is larger); a "
-                   "smaller true difference has less than an 80 % chance of being resolved here. Paper: the difference of the "
+                   "smaller true difference has less than an 80 % chance of being resolved here. With fewer than "
+                   f"{MIN_PAIRS} pairs no verdict is drawn (the bootstrap interval is too narrow). Paper: the difference of the "
                    "paper's Table 6 averages (success only; no interval given).")]
     if notes:
         lines += [""] + [f"- {n}" for n in dict.fromkeys(notes)]
@@ -136,9 +141,9 @@ def _sections(data: StudyData, out: Path, plots: bool) -> tuple[list[str], dict[
     tables, chosen = study_tables(data.rows)
     sections = [t.to_markdown() for t in tables]
     files = {f"{t.name}.csv": t.to_csv() for t in tables}
-    diffs = comparisons(data.rows, chosen)
-    if diffs:
-        sections.append(comparisons_markdown(diffs))
+    diffs, not_computed = comparisons(data.rows, chosen)
+    if diffs or not_computed:
+        sections.append(comparisons_markdown(diffs, not_computed))
         files["comparisons.csv"] = comparisons_csv(diffs)
     images: list[Path] = []
     curves = curve_stats(data.rows, chosen)

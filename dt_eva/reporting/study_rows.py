@@ -97,10 +97,11 @@ def read_study(path: str | Path) -> StudyData:
 
 
 def _extra_columns(header: list[str], records: list[dict[str, str]]) -> list[str]:
-    """The grid keys outside FIELDS (between `status` and `task`), and `steps` when runs differ in it."""
-    grid = header[header.index("status") + 1:header.index("task")]
-    steps = {r.get("steps") for r in records if r["status"] == "done"}
-    return grid + (["steps"] if len(steps) > 1 else [])
+    """The grid keys outside FIELDS (between `status` and `task`) and `steps`, where finished runs differ in
+    them (a constant column tells configurations nothing apart)."""
+    columns = header[header.index("status") + 1:header.index("task")] + ["steps"]
+    done = [r for r in records if r["status"] == "done"]
+    return [c for c in columns if len({r.get(c) for r in done}) > 1]
 
 
 def _parse_row(record: dict[str, str], extras: list[str], where: str) -> StudyRow:
