@@ -1,29 +1,39 @@
-"""`dt-eva report`: Table 6 / Table 19 layout tables and plots from run directories."""
+"""`dt-eva report`: Table 6 / Table 19 layout tables and plots from run directories, or the study report
+(tables, paired comparisons, curves, EVA ranks) from a sweep's results.csv."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-HELP = "Tables (paper Table 6 / 19 layout) and plots from run directories."
+HELP = ("Tables (paper Table 6 / 19 layout) and plots from run directories, or the study report from a "
+        "sweep's results.csv.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("runs", nargs="+", help="run directories, or directories that hold them (searched recursively)")
+    parser.add_argument("runs", nargs="+", help="run directories, or directories that hold them (searched recursively); "
+                                                "or one sweep folder / results.csv for the study report")
     parser.add_argument("--out", default=None,
                         help="output directory (default: reports/<name of the first RUNS path>)")
-    parser.add_argument("--no-plots", action="store_true", help="tables only (no learning curves / rank heatmaps)")
+    parser.add_argument("--no-plots", action="store_true", help="tables only (no curves / rank heatmaps)")
+    parser.add_argument("--run-dirs", action="store_true",
+                        help="report the run directories below a sweep folder instead of its results.csv")
 
 
 def default_out_dir(first_path: str) -> Path:
-    name = Path(first_path).resolve().name or "runs"
+    path = Path(first_path).resolve()
+    name = (path.parent.name if path.is_file() else path.name) or "runs"
     return Path("reports") / name
 
 
 def run(args: argparse.Namespace) -> int:
-    from dt_eva.reporting import build_report
+    from dt_eva.reporting.study_report import results_csv_of
 
     out = Path(args.out) if args.out else default_out_dir(args.runs[0])
+    if len(args.runs) == 1 and not args.run_dirs and results_csv_of(args.runs[0]) is not None:
+        return study(args.runs[0], out, not args.no_plots)
+    from dt_eva.reporting import build_report
+
     report = build_report(args.runs, out, plots=not args.no_plots)
     for name, text in report["tables"].items():
         print(text)
@@ -35,6 +45,25 @@ def run(args: argparse.Namespace) -> int:
     for w in report["warnings"]:
         print(f"warning: {w}")
     print(f"Report: {len(report['runs'])} run(s) -> {out}/report.md")
+    for f in report["files"]:
+        print(f"  {f}")
+    return 0
+
+
+def study(results: str, out: Path, plots: bool) -> int:
+    from dt_eva.reporting.study_report import build_study_report
+
+    report = build_study_report(results, out, plots=plots)
+    for text in report["sections"]:
+        print(text)
+    if report["excluded"]:
+        print(f"Excluded {len(report['excluded'])} run(s) that did not finish:")
+        for name, status, error in report["excluded"]:
+            print(f"  - {name} ({status}): {error or 'no error recorded'}")
+        print()
+    for w in report["warnings"]:
+        print(f"warning: {w}")
+    print(f"Study report: {len(report['rows'])} run(s) -> {out}/report.md")
     for f in report["files"]:
         print(f"  {f}")
     return 0

@@ -10,8 +10,8 @@ on machines without a display.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping
 
 from dt_eva.methods.ranks import rank_grid
 from dt_eva.utils.io import atomic_path
@@ -24,13 +24,20 @@ def plot_rank_heatmap(ranks: Mapping[str, int], path: str | os.PathLike, title: 
     """
     if not ranks:
         raise ValueError("plot_rank_heatmap: the rank map is empty; nothing to plot")
+    layers, modules, grid = rank_grid(ranks)
+    total = sum(v for row in grid for v in row if v is not None)
+    return plot_grid_heatmap(layers, modules, grid, path, title or f"EVA rank distribution (total rank {total})")
+
+
+def plot_grid_heatmap(layers: Sequence[int], modules: Sequence[str], grid: Sequence[Sequence[float | None]],
+                      path: str | os.PathLike, title: str, digits: int = 0) -> Path:
+    """Layer x module heatmap of `grid[i][j]` (None: blank), each cell annotated with `digits` decimals."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
     import numpy as np
 
-    layers, modules, grid = rank_grid(ranks)
     values = np.array([[np.nan if v is None else v for v in row] for row in grid], dtype=float)
     vmax = max(1.0, float(np.nanmax(values)))
 
@@ -42,13 +49,12 @@ def plot_rank_heatmap(ranks: Mapping[str, int], path: str | os.PathLike, title: 
                 continue
             # dark text on the bright end of viridis, light text on the dark end
             color = "black" if value > 0.6 * vmax else "white"
-            ax.text(j, i, str(value), ha="center", va="center", color=color, fontsize=9)
+            ax.text(j, i, f"{value:.{digits}f}", ha="center", va="center", color=color, fontsize=9)
     ax.set_xticks(range(len(modules)), modules, rotation=30, ha="right")
     ax.set_yticks(range(len(layers)), [str(layer) if layer >= 0 else "-" for layer in layers])
     ax.set_xlabel("module")
     ax.set_ylabel("layer")
-    total = int(np.nansum(values))
-    ax.set_title(title or f"EVA rank distribution (total rank {total})", fontsize=10)
+    ax.set_title(title, fontsize=10)
     fig.colorbar(image, ax=ax, label="rank")
     fig.tight_layout()
 

@@ -19,6 +19,8 @@ from dt_eva.reporting.stats import MeanSE, mean_se
 from dt_eva.runs.records import RunRecord, full_task_name
 
 METRICS: dict[str, str] = {"success_any": "success at any step", "success_final": "success at the final step"}
+# every metric a table can hold (a sweep's results.csv also has the held-out action MSE)
+METRIC_LABELS: dict[str, str] = {**METRICS, "heldout_loss": "held-out action MSE"}
 
 
 def short_task_name(task: str) -> str:
@@ -120,19 +122,25 @@ class Table:
     tasks: list[str]
     rows: list[Row]
     footnotes: list[str] = field(default_factory=list)
+    digits: int = 2  # decimals of the cells
+    reference: dict[str, float] | None = None  # method -> a published average, shown beside ours
+    reference_label: str = "Paper avg."
 
     def to_markdown(self) -> str:
         header = ["Method", "Config", "Seeds", "Episodes"] + [short_task_name(t) for t in self.tasks] + ["Avg."]
+        header += [self.reference_label] if self.reference is not None else []
         lines = [f"### {self.title}", "", "| " + " | ".join(header) + " |",
-                 "|" + "|".join(["---"] * 4 + [":-:"] * (len(self.tasks) + 1)) + "|"]
+                 "|" + "|".join(["---"] * 4 + [":-:"] * (len(header) - 4)) + "|"]
         for row in self.rows:
             cells = [row.label, row.config, row.seeds(), row.episodes()]
             for t in self.tasks:
                 c = row.result.cell(t)
-                cells.append(c.format() if c else "-")
+                cells.append(c.format(self.digits) if c else "-")
             avg = row.result.average()
             partial = len(row.result.per_seed) < len(self.tasks)
-            cells.append(avg.format() + ("*" if partial else ""))
+            cells.append(avg.format(self.digits) + ("*" if partial else ""))
+            if self.reference is not None:
+                cells.append(f"{self.reference[row.method]:.2f}" if row.method in self.reference else "-")
             lines.append("| " + " | ".join(cells) + " |")
         if self.footnotes:
             lines.append("")
@@ -146,6 +154,7 @@ class Table:
         for t in self.tasks:
             head += [f"{t}_mean", f"{t}_se", f"{t}_n"]
         head += ["avg_mean", "avg_se", "avg_n_seeds", "avg_n_tasks"]
+        head += ["reference_avg"] if self.reference is not None else []
         writer.writerow(head)
         for row in self.rows:
             k = row.result.key
@@ -156,6 +165,7 @@ class Table:
                 line += [_num(c.mean), _num(c.se), c.n] if c else ["", "", 0]
             avg = row.result.average()
             line += [_num(avg.mean), _num(avg.se), avg.n, len(row.result.per_seed)]
+            line += [_blank((self.reference or {}).get(row.method))] if self.reference is not None else []
             writer.writerow(line)
         return out.getvalue()
 
@@ -234,7 +244,7 @@ def best_per_rank(results: dict[ConfigKey, ConfigResult]) -> dict[tuple[str, int
 
 def _common_footnotes(rows: list[Row], tasks: list[str], metric: str) -> list[str]:
     notes = [
-        f"Cells: mean {METRICS.get(metric, metric)} over seeds ± standard error, std(ddof=1)/sqrt(n). "
+        f"Cells: mean {METRIC_LABELS.get(metric, metric)} over seeds ± standard error, std(ddof=1)/sqrt(n). "
         "Avg.: mean of the per-task means; its ± is the standard error over seeds of the per-seed "
         "average over the row's tasks (seeds that ran every task)."
     ]
@@ -251,6 +261,8 @@ def episodes_footnote(episodes: dict[str, int], max_names: int = 12) -> str:
 
     `episodes`: run directory -> episodes per task of the evaluation used.
     """
+    if not episodes:
+        return "Episodes: the number of evaluation episodes per task was not recorded."
     by_size: dict[int, list[str]] = defaultdict(list)
     for run, n in episodes.items():
         by_size[n].append(Path(run).name)

@@ -1,0 +1,92 @@
+"""The checks before anything starts: every run's config, its status from its folder, its inputs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from dt_eva.config import config_diff, load_config
+from dt_eva.experiments.sweep.expand import SweepRun
+from dt_eva.experiments.sweep.spec import KINDS, SweepSpec, load_ref
+from dt_eva.runs.guard import check_resume_compatible, plan_run_dir
+from dt_eva.runs.layout import LOCK, RunPaths
+
+
+def load_configs(spec: SweepSpec, runs: list[SweepRun]) -> None:
+    """Build every run's config; a bad key or value is an error that names the run."""
+    cls = load_ref(KINDS[spec.kind][0])
+    for run in runs:
+        try:
+            run.config = load_config(cls, spec.base, run.overrides)
+        except (ValueError, FileNotFoundError) as e:
+            raise _naming(e, f"{spec.path}: run {run.name}: {e}") from None
+
+
+def plan_statuses(spec: SweepSpec, runs: list[SweepRun]) -> None:
+    """new / restart / resume / done for each run, from its directory; refuses a folder that is not our
+    run, a finished run whose saved config differs from the requested one (the sweep file changed under
+    it) and an interrupted one that could not resume."""
+    cls = load_ref(KINDS[spec.kind][0])
+    for run in runs:
+        try:
+            run.status = _status(spec.kind, cls, run)
+        except (ValueError, FileNotFoundError) as e:
+            raise _naming(e, f"{spec.path}: run {run.name}: {e}") from None
+
+
+def _status(kind: str, cls: type, run: SweepRun) -> str:
+    paths = RunPaths(run.run_dir)
+    if not paths.root.is_dir() or all(p.name == LOCK for p in paths.root.iterdir()):
+        return "new"
+    plan = plan_run_dir(paths.root, kind, resume=True)  # refuses folders that are not our runs
+    saved = load_config(cls, paths.config) if paths.config.is_file() else None
+    if paths.summary.is_file():
+        diff = config_diff(saved, run.config) if saved is not None else {"config.yaml": ("missing", "")}
+        if diff:
+            changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+            raise ValueError(f"it finished in {paths.root} with another config ({changes}); restore the sweep's "
+                             "settings, or give the sweep another out: (or delete that run)")
+        return "done"
+    if plan == "resume":
+        if saved is not None:
+            check_resume_compatible(saved, run.config, paths.root)
+        return "resume"
+    return "restart"
+
+
+def check_inputs(spec: SweepSpec, runs: list[SweepRun]) -> None:
+    """Load each distinct base run and dataset the runs need (and check their methods) with the drivers'
+    own checks and messages, so a missing one stops the sweep before anything starts."""
+    checks: dict[tuple, tuple[str, Callable[[], Any]]] = {}
+    for run in runs:  # each input once, named by the first run that needs it
+        for key, check in _input_checks(spec.kind, run.config).items():
+            checks.setdefault(key, (run.name, check))
+    for name, check in checks.values():
+        try:
+            check()
+        except (ValueError, FileNotFoundError) as e:
+            raise _naming(e, f"{spec.path}: run {name}: {e}") from None
+
+
+def _input_checks(kind: str, cfg: Any) -> dict[tuple, Callable[[], Any]]:
+    if kind == "pretrain":
+        load_data = load_ref("dt_eva.experiments.pretrain:load_pretrain_dataset")
+        return {("data", cfg.data.path, json.dumps(cfg.data.tasks)): lambda: load_data(cfg)}
+    resolve_method = load_ref("dt_eva.methods.registry:resolve_method")
+    load_base = load_ref("dt_eva.runs.base:load_pretrained_base")
+    return {("method", cfg.method): lambda: resolve_method(cfg.method),
+            ("base", cfg.checkpoint): lambda: load_base(cfg.checkpoint),
+            ("data", cfg.data.path, cfg.task): lambda: _finetune_data(cfg)}
+
+
+def _naming(error: Exception, message: str) -> Exception:
+    """The same kind of user error, with a message that names the sweep and the run."""
+    return FileNotFoundError(message) if isinstance(error, FileNotFoundError) else ValueError(message)
+
+
+def _finetune_data(cfg: Any) -> Any:
+    from dt_eva.envs import resolve_task
+    from dt_eva.runs.policy import load_task_dataset
+
+    return load_task_dataset(cfg.data.path, resolve_task(cfg.task))

@@ -1,0 +1,99 @@
+"""Plan a sweep (every check before anything starts) and run what is not finished."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dt_eva.experiments.sweep.checks import check_inputs, load_configs, plan_statuses
+from dt_eva.experiments.sweep.expand import SweepRun, expand
+from dt_eva.experiments.sweep.launchers import make_launcher
+from dt_eva.experiments.sweep.spec import RESULTS, SweepSpec, load_sweep
+from dt_eva.experiments.sweep.worker import RunJob
+from dt_eva.runs.results import ResultsTable
+from dt_eva.utils.io import atomic_write_text
+
+
+@dataclass
+class SweepPlan:
+    spec: SweepSpec
+    runs: list[SweepRun]
+
+    @property
+    def todo(self) -> list[SweepRun]:
+        return [r for r in self.runs if r.status != "done"]
+
+
+@dataclass
+class SweepResult:
+    results: Path
+    runs: int
+    ran: int
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def plan_sweep(path: str | Path, out: str | Path | None = None) -> SweepPlan:
+    """Read, expand and check a sweep (every error before anything starts); decide each run's status."""
+    spec = load_sweep(path, out)
+    runs = expand(spec)
+    load_configs(spec, runs)
+    plan_statuses(spec, runs)
+    check_inputs(spec, [r for r in runs if r.status != "done"])
+    return SweepPlan(spec, runs)
+
+
+def run_sweep(path: str | Path, *, jobs: int = 1, launcher: str = "processes", out: str | Path | None = None,
+              progress: bool = True, slurm: dict[str, Any] | None = None) -> SweepResult:
+    """Run every run of the sweep that is not finished; returns where the table is and what failed.
+
+    launcher: "processes" (local processes, `jobs` at a time, each pinned to its share of the cores),
+    "local" (submitit's LocalExecutor, the same way) or "slurm" (submitit; `slurm` holds partition,
+    time (minutes), gpus, cpus_per_task; `jobs` caps how many run at once).
+    """
+    if jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {jobs}")
+    plan = plan_sweep(path, out)
+    spec, todo = plan.spec, plan.todo
+    backend = make_launcher(launcher, spec.out, jobs, slurm or {}) if todo else None
+    spec.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(spec.out / "sweep.yaml", spec.path.read_text(encoding="utf-8"))  # what made the table
+    table = ResultsTable(spec.out / RESULTS, spec.kind, list(spec.grid), plan.runs)
+    table.write()
+    if todo:
+        execute(todo, spec, backend, table, progress)
+    return SweepResult(table.path, len(plan.runs), len(todo), table.failed())
+
+
+def execute(runs: list[SweepRun], spec: SweepSpec, launcher: Any, table: ResultsTable, progress: bool) -> None:
+    """Keep `launcher.capacity` runs going until all ended; record each in the table as it ends.
+    Ctrl-C stops the running ones (local runs checkpoint first) and re-raises."""
+    from tqdm.auto import tqdm
+
+    queue, running = list(runs), {}  # running: slot -> (run, handle)
+    capacity = launcher.capacity or len(runs)
+    bar = tqdm(total=len(runs), desc=f"sweep {spec.path.stem}", unit="run", disable=not progress, dynamic_ncols=True)
+    try:
+        while queue or running:
+            batch = [(slot, queue.pop(0)) for slot in range(capacity) if slot not in running and queue]
+            if batch:
+                handles = launcher.start([_job(spec, run, *launcher.placement(slot)) for slot, run in batch])
+                running.update({slot: (run, h) for (slot, run), h in zip(batch, handles)})
+            launcher.wait([h for _, h in running.values()], timeout=5.0)
+            for slot, (run, handle) in list(running.items()):
+                finished, error = launcher.poll(handle)
+                if finished:
+                    del running[slot]
+                    table.record(run, error)
+                    bar.update(1)
+                    bar.set_postfix(failed=len(table.failed()), refresh=True)
+    except BaseException:
+        launcher.stop([h for _, h in running.values()])
+        raise
+    finally:
+        bar.close()
+
+
+def _job(spec: SweepSpec, run: SweepRun, cores: tuple[int, ...] | None, threads: int | None) -> RunJob:
+    return RunJob(run.name, spec.kind, spec.base, tuple(run.overrides), run.resume, os.getcwd(), cores, threads)

@@ -1,0 +1,199 @@
+"""`build_study_report`: a sweep's results.csv in, the study's tables, paired comparisons, curves and EVA
+rank / init-time summaries out (Markdown, CSV, PNG). Reads only the table: no run directory, no torch."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+from dt_eva.methods.registry import method_label
+from dt_eva.reporting.paired import (
+    BOOTSTRAP_SEED,
+    COMPARISONS,
+    MDD_FACTOR,
+    MIN_PAIRS,
+    RESAMPLES,
+    PairedDifference,
+    paired_difference,
+)
+from dt_eva.reporting.report import _REPORT_TITLE, check_out_dir
+from dt_eva.reporting.study_curves import curve_stats, curves_csv, plot_curves
+from dt_eva.reporting.study_ranks import eva_rows, init_time_table, rank_csv, rank_markdown, rank_summary
+from dt_eva.reporting.study_rows import StudyData, StudyKey, StudyRow, read_study
+from dt_eva.reporting.study_tables import PAPER_TABLE6_AVG, TABLE_METRICS, study_tables
+from dt_eva.reporting.tables import METRIC_LABELS, short_task_name
+from dt_eva.runs.results import RESULTS
+from dt_eva.utils.io import atomic_dir, atomic_write_text
+
+PathLike = str | os.PathLike
+
+
+def results_csv_of(path: PathLike) -> Path | None:
+    """The results.csv that `path` names: the file itself, or `<sweep folder>/results.csv`; else None."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".csv":
+        return path
+    if path.is_dir() and (path / RESULTS).is_file():
+        return path / RESULTS
+    return None
+
+
+def comparisons(rows: list[StudyRow], chosen: dict[str, StudyKey]) -> tuple[list[PairedDifference], list[str]]:
+    """EVA - LoRA, EVA+DoRA - DoRA, EVA - FFT per metric, each method at its chosen configuration; and
+    notes on the comparisons that could not be made (a method without a finished run)."""
+    out, notes = [], []
+    for a, b in COMPARISONS:
+        missing = [method_label(m) for m in (a, b) if m not in chosen]
+        if len(missing) == 1:
+            notes.append(f"{method_label(a)} − {method_label(b)}: not computed, {missing[0]} has no finished run.")
+        if missing:
+            continue
+        for metric in TABLE_METRICS:
+            values = [{(r.task, r.seed): r.values[metric] for r in rows if r.key == chosen.get(m) and metric in r.values}
+                      for m in (a, b)]
+            if values[0] or values[1]:
+                out.append(paired_difference(a, b, metric, *values))
+    return out, notes
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:+.{digits}f}"
+
+
+def comparisons_markdown(diffs: list[PairedDifference], not_computed: list[str]) -> str:
+    lines = ["### Paired comparisons over (task, seed)", "",
+             ("| Comparison | Metric | Pairs | Mean difference | 95 % bootstrap interval | Min. detectable | Verdict "
+              "| Paper |"), "|---|---|:-:|:-:|:-:|:-:|---|:-:|"]
+    notes = list(not_computed)
+    for d in diffs:
+        digits = 4 if d.metric == "heldout_loss" else 3
+        name = f"{method_label(d.a)} − {method_label(d.b)}"
+        interval = "-" if d.low is None else f"[{d.low:+.{digits}f}, {d.high:+.{digits}f}]"
+        mdd = "-" if d.mdd is None else f"{d.mdd:.{digits}f}"
+        paper = _paper_difference(d)
+        lines.append(f"| {name} | {METRIC_LABELS[d.metric]} | {d.n} | {_fmt(d.mean, digits)} | {interval} | {mdd} | "
+                     f"{d.verdict()} | {paper} |")
+        for missing, present in ((d.b, d.only_a), (d.a, d.only_b)):
+            if present:
+                pairs = ", ".join(f"{short_task_name(t)}/seed {s}" for t, s in present)
+                notes.append(f"{name}, {METRIC_LABELS[d.metric]}: {len(present)} pair(s) left out, "
+                             f"{method_label(missing)} missing: {pairs}.")
+    lines += ["", ("Mean difference: the first method minus the second over the (task, seed) pairs where both "
+                   "finished (held-out MSE: negative favours the first method). Interval: percentile bootstrap over "
+                   f"pairs, {RESAMPLES:,} resamples, numpy seed {BOOTSTRAP_SEED}. Min. detectable: {MDD_FACTOR} x the "
+                   "standard error of the paired mean, the smallest true difference this design finds with about "
+                   "80 % power at alpha 0.05 (normal approximation; with few pairs the true value is larger); a "
+                   "smaller true difference has less than an 80 % chance of being resolved here. With fewer than "
+                   f"{MIN_PAIRS} pairs no verdict is drawn (the bootstrap interval is too narrow). Paper: the difference of the "
+                   "paper's Table 6 averages (success only; no interval given).")]
+    if notes:
+        lines += [""] + [f"- {n}" for n in dict.fromkeys(notes)]
+    return "\n".join(lines) + "\n"
+
+
+def _paper_difference(d: PairedDifference) -> str:
+    if d.metric == "heldout_loss" or d.a not in PAPER_TABLE6_AVG or d.b not in PAPER_TABLE6_AVG:
+        return "-"
+    return f"{PAPER_TABLE6_AVG[d.a] - PAPER_TABLE6_AVG[d.b]:+.2f}"
+
+
+def comparisons_csv(diffs: list[PairedDifference]) -> str:
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["a", "b", "metric", "pairs", "mean", "se", "ci_low", "ci_high", "mdd", "resolved",
+                     "pairs_only_a", "pairs_only_b"])
+    for d in diffs:
+        writer.writerow([d.a, d.b, d.metric, d.n, *(("" if v is None else f"{v:.6g}")
+                                                     for v in (d.mean, d.se, d.low, d.high, d.mdd)),
+                         d.resolved, len(d.only_a), len(d.only_b)])
+    return text.getvalue()
+
+
+def data_warnings(data: StudyData) -> list[str]:
+    """Evaluation sizes that differ between runs, on top of the reader's warnings."""
+    sizes: dict[int, list[str]] = {}
+    for row in data.rows:
+        if row.episodes is not None:
+            sizes.setdefault(row.episodes, []).append(row.name)
+    warnings = list(data.warnings)
+    if len(sizes) > 1:
+        parts = "; ".join(f"{n} episode(s) per task: {len(names)} run(s) (e.g. {names[0]})"
+                          for n, names in sorted(sizes.items()))
+        warnings.append(f"the runs' evaluations differ in size ({parts}); success cells that mix them are less "
+                        "comparable")
+    return warnings
+
+
+def _header(data: StudyData) -> str:
+    rows = data.rows
+    tasks = sorted({r.task for r in rows})
+    seeds = sorted({r.seed for r in rows})
+    methods = sorted({r.key.method for r in rows})
+    return (f"Study from `{data.path}`: {len(rows)} finished run(s) used, {len(data.excluded)} excluded; "
+            f"{len(methods)} method(s), {len(tasks)} task(s), seeds {', '.join(map(str, seeds))}.")
+
+
+def _sections(data: StudyData, out: Path, plots: bool) -> tuple[list[str], dict[str, str], list[Path]]:
+    """Markdown sections, CSV files (name -> text) and PNGs written under `out`."""
+    tables, chosen = study_tables(data.rows)
+    sections = [t.to_markdown() for t in tables]
+    files = {f"{t.name}.csv": t.to_csv() for t in tables}
+    diffs, not_computed = comparisons(data.rows, chosen)
+    if diffs or not_computed:
+        sections.append(comparisons_markdown(diffs, not_computed))
+        files["comparisons.csv"] = comparisons_csv(diffs)
+    images: list[Path] = []
+    curves = curve_stats(data.rows, chosen)
+    if curves:
+        files["curves.csv"] = curves_csv(curves)
+        if plots:
+            images += [plot_curves(points, metric, out / "curves" / f"{metric}.png") for metric, points in curves.items()]
+    summaries = [s for m, rows in eva_rows(data.rows, chosen).items() if (s := rank_summary(m, rows))]
+    if summaries:
+        sections += ["## EVA's ranks across tasks", ""] + [rank_markdown(s) for s in summaries]
+        files["eva_ranks.csv"] = rank_csv(summaries)
+        if plots:
+            from dt_eva.reporting.rank_heatmap import plot_grid_heatmap
+
+            images += [plot_grid_heatmap(s.layers, s.modules, s.mean, out / "heatmaps" / f"{s.method}-mean-ranks.png",
+                                         f"{method_label(s.method)}: mean rank over {s.runs} runs", digits=1)
+                       for s in summaries]
+    timing = init_time_table(eva_rows(data.rows, chosen))
+    if timing:
+        sections.append(timing[0])
+        files["eva_init_time.csv"] = timing[1]
+    return sections, files, images
+
+
+def build_study_report(results: PathLike, out_dir: PathLike, plots: bool = True) -> dict[str, Any]:
+    """The study report of a sweep's results.csv (or its folder), written to `out_dir` as a whole
+    (atomically; `out_dir` must be new, empty or an older report): report.md, a CSV per table,
+    comparisons.csv, curves.csv and curves/*.png, eva_ranks.csv and heatmaps/*.png, eva_init_time.csv.
+    Returns {"out_dir", "markdown", "sections", "files", "rows", "excluded", "warnings"}."""
+    out = Path(out_dir)
+    path = results_csv_of(results)
+    if path is None:
+        raise FileNotFoundError(f"{results}: no results.csv there; pass a sweep's folder or its results.csv")
+    check_out_dir(out)
+    data = read_study(path)
+    warnings = data_warnings(data)
+    with atomic_dir(out) as tmp:
+        sections, files, images = _sections(data, tmp, plots)
+        for name, text in files.items():
+            atomic_write_text(tmp / name, text)
+        parts = [_REPORT_TITLE + ": study", "", _header(data), ""] + sections
+        if data.excluded:
+            parts += ["### Excluded runs", ""] + [f"- `{n}` ({s}): {e or 'no error recorded'}"
+                                                  for n, s, e in data.excluded] + [""]
+        if warnings:
+            parts += ["### Warnings", ""] + [f"- {w}" for w in warnings] + [""]
+        if images:
+            parts += ["### Figures", ""] + [f"![{f.stem}]({f.relative_to(tmp).as_posix()})" for f in images] + [""]
+        markdown = "\n".join(parts)
+        atomic_write_text(tmp / "report.md", markdown)
+        written = [out / "report.md"] + [out / n for n in files] + [out / f.relative_to(tmp) for f in images]
+    return {"out_dir": str(out), "markdown": markdown, "sections": sections, "files": [str(f) for f in written],
+            "rows": [r.name for r in data.rows], "excluded": data.excluded, "warnings": warnings}

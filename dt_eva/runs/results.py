@@ -1,0 +1,123 @@
+"""`results.csv` of a sweep: one row per run with its settings and what it measured (torch-free).
+
+Written by `dt-eva sweep` (`ResultsTable`, from the run directories) and read by `dt-eva report`. The
+columns: name, status (done | failed | pending), the grid keys that are not below, the settings of
+`FIELDS[kind]`, then final_loss, heldout_loss, success_any, success_final, episodes (per task, of the
+final evaluation), `success_any@<step>` and `heldout_loss@<step>` for every evaluated step, total_rank,
+adapter_ranks (JSON), eva_init_seconds, seconds (training, evaluations included; EVA init not), error,
+run_dir.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+from dt_eva.runs.layout import RunPaths
+from dt_eva.utils.io import atomic_write_text, read_metrics
+
+RESULTS = "results.csv"  # in the sweep's folder
+# results.csv column -> config key, per kind (the settings a study compares)
+FIELDS = {
+    "finetune": {"task": "task", "method": "method", "rank": "rank", "rho": "rho", "seed": "seed",
+                 "lr": "optim.lr", "steps": "train.steps"},
+    "pretrain": {"seed": "seed", "lr": "optim.lr", "steps": "train.steps", "batch_size": "train.batch_size"},
+}
+MEASURED = ("final_loss", "heldout_loss", "success_any", "success_final", "episodes")
+TAIL = ("total_rank", "adapter_ranks", "eva_init_seconds", "seconds", "error", "run_dir")
+
+
+class SweepRunLike(Protocol):
+    """What the table needs of a sweep's run (`dt_eva.experiments.sweep.SweepRun`)."""
+
+    name: str
+    status: str
+    config: Any
+    run_dir: Path
+
+
+class ResultsTable:
+    """`<out>/results.csv`: one row per run, rewritten atomically whenever a run ends. Rows of runs that
+    ended are read from their directories once (torch-free: summary.json, eval.json, metrics.jsonl)."""
+
+    def __init__(self, path: Path, kind: str, grid_keys: Iterable[str], runs: list[SweepRunLike]) -> None:
+        self.path, self.kind, self.runs = Path(path), kind, runs
+        self.grid_keys = [k for k in grid_keys if k not in FIELDS[kind].values()]
+        self.rows = {r.name: self._row(r, "done" if r.status == "done" else "pending", None) for r in runs}
+
+    def record(self, run: SweepRunLike, error: str | None) -> None:
+        self.rows[run.name] = self._row(run, "failed" if error else "done", error)
+        self.write()
+
+    def failed(self) -> list[tuple[str, str]]:
+        return [(name, row["error"]) for name, row in self.rows.items() if row["status"] == "failed"]
+
+    def write(self) -> None:
+        rows = [self.rows[r.name] for r in self.runs]
+        head = ["name", "status", *self.grid_keys, *FIELDS[self.kind], *MEASURED]
+        curves = sorted({k for row in rows for k in row if "@" in k}, key=lambda k: (k.split("@")[0], int(k.split("@")[1])))
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=head + curves + list(TAIL), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows([{k: _cell(row.get(k)) for k in writer.fieldnames} for row in rows])
+        atomic_write_text(self.path, text.getvalue())
+
+    def _row(self, run: SweepRunLike, status: str, error: str | None) -> dict[str, Any]:
+        row: dict[str, Any] = {"name": run.name, "status": status, "error": error, "run_dir": str(run.run_dir)}
+        row.update({k: config_value(run.config, k) for k in self.grid_keys})
+        row.update({col: config_value(run.config, key) for col, key in FIELDS[self.kind].items()})
+        if status == "done":
+            row.update(read_run_results(run.run_dir))
+        return row
+
+
+def read_run_results(run_dir: str | Path) -> dict[str, Any]:
+    """The measured values of a finished run: final / held-out loss, success (final evaluation and per
+    evaluated step), EVA ranks and init time, seconds. Missing files or keys give empty values."""
+    paths = RunPaths(run_dir)
+    summary, evaluation = read_json_object(paths.summary), read_json_object(paths.eval)
+    mean = evaluation.get("mean") or {}
+    ranks = summary.get("adapter_ranks")
+    out = {"final_loss": summary.get("final_loss"), "seconds": summary.get("seconds"),
+           "success_any": mean.get("success_any"), "success_final": mean.get("success_final"),
+           "episodes": evaluation.get("episodes"), "total_rank": summary.get("total_rank"),
+           "eva_init_seconds": summary.get("eva_init_seconds"),
+           "adapter_ranks": json.dumps(ranks, separators=(",", ":")) if ranks else None}
+    by_step: dict[int, dict[str, Any]] = {}
+    for record in read_metrics(paths.metrics):  # a resumed run logs some steps twice: the later line wins
+        by_step.setdefault(int(record["step"]), {}).update(record)
+    for step in sorted(by_step):
+        for key, column in (("eval/success_any", "success_any"), ("heldout/loss", "heldout_loss")):
+            if key in by_step[step]:
+                out[f"{column}@{step}"] = by_step[step][key]
+                if column == "heldout_loss":
+                    out["heldout_loss"] = by_step[step][key]  # the last step that has it
+    return out
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in `path`; {} when it is missing, unreadable or not an object."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def config_value(cfg: Any, dotted: str) -> Any:
+    """`config_value(cfg, "optim.lr")` -> `cfg.optim.lr`."""
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, separators=(",", ":"))
+    return value

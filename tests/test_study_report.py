@@ -1,0 +1,247 @@
+"""`dt-eva report` on a sweep's results.csv: the study's tables, paired comparisons, curves and EVA
+summaries. The report is a pure function of the table, so a hand-written results.csv is the reference;
+the numbers are checked against direct computations. One slow test runs a real tiny sweep first."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from dt_eva.cli import main
+from dt_eva.reporting import build_study_report
+
+REPO = Path(__file__).resolve().parents[1]
+LEGACY = REPO / "tests" / "fixtures" / "legacy"
+COLUMNS = ["name", "status", "eva.adjust_alpha", "task", "method", "rank", "rho", "seed", "lr", "steps", "final_loss",
+           "heldout_loss", "success_any", "success_final", "episodes", "success_any@2", "success_any@4",
+           "heldout_loss@2", "heldout_loss@4", "total_rank", "adapter_ranks", "eva_init_seconds", "seconds", "error",
+           "run_dir"]
+# (method, task, seed) -> (success_any, success_final, heldout_loss); EVA has no hammer/seed 2 run
+VALUES = {
+    ("lora", "hammer", 0): (0.6, 0.4, 0.050), ("lora", "hammer", 1): (0.8, 0.2, 0.060),
+    ("lora", "hammer", 2): (0.7, 0.5, 0.055), ("lora", "push", 0): (0.2, 0.1, 0.090),
+    ("lora", "push", 1): (0.3, 0.0, 0.080), ("lora", "push", 2): (0.1, 0.1, 0.085),
+    ("eva", "hammer", 0): (0.9, 0.6, 0.045), ("eva", "hammer", 1): (0.7, 0.3, 0.052),
+    ("eva", "push", 0): (0.4, 0.2, 0.070), ("eva", "push", 1): (0.2, 0.1, 0.082), ("eva", "push", 2): (0.5, 0.3, 0.075),
+}
+EVA_RANKS = {0: {"blocks.0.attn.qkv": 4, "blocks.0.mlp.fc": 2}, 1: {"blocks.0.attn.qkv": 2, "blocks.0.mlp.fc": 4},
+             2: {"blocks.0.attn.qkv": 6, "blocks.0.mlp.fc": 1}}
+
+
+def row(method: str, task: str, seed: int, /, **changes) -> dict:
+    any_, final, heldout = VALUES[(method, task, seed)]
+    out = {c: "" for c in COLUMNS}
+    out.update({"name": f"method={method}+task={task}+seed={seed}", "status": "done", "eva.adjust_alpha": "false",
+                "task": task, "method": method, "rank": 2, "rho": 2.0, "seed": seed, "lr": 0.001, "steps": 4,
+                "final_loss": 0.1, "heldout_loss": heldout, "success_any": any_, "success_final": final, "episodes": 50,
+                "success_any@2": any_ / 2, "success_any@4": any_, "heldout_loss@2": 2 * heldout,
+                "heldout_loss@4": heldout, "seconds": 40.0, "run_dir": f"runs/{method}-{task}-{seed}"})
+    if method == "eva":
+        out.update({"adapter_ranks": json.dumps(EVA_RANKS[seed]), "total_rank": 6, "eva_init_seconds": 10.0})
+    out.update(changes)
+    return out
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture
+def results(tmp_path) -> Path:
+    rows = [row(m, t, s) for (m, t, s) in VALUES]
+    failed = {"name": "method=fft+task=hammer+seed=0", "method": "fft", "status": "failed",
+              "error": "ValueError: non-finite loss 'nan' at step 3"}
+    rows.append(row("lora", "hammer", 0, **failed))
+    return write_csv(tmp_path / "results.csv", rows)
+
+
+def se(xs) -> float:
+    return float(np.std(xs, ddof=1) / np.sqrt(len(xs)))
+
+
+def test_table6_cells_are_means_and_standard_errors_over_seeds(results, tmp_path):
+    build_study_report(results, tmp_path / "out", plots=False)
+    table = {r["method"]: r for r in read_csv(tmp_path / "out/table6_success_any.csv")}
+    assert list(table) == ["lora", "eva"]  # registry order; the failed FFT run makes no row
+    lora_hammer = [0.6, 0.8, 0.7]
+    assert float(table["lora"]["hammer-v3_mean"]) == pytest.approx(np.mean(lora_hammer), abs=1e-6)
+    assert float(table["lora"]["hammer-v3_se"]) == pytest.approx(se(lora_hammer), abs=1e-6)
+    assert float(table["eva"]["hammer-v3_se"]) == pytest.approx(se([0.9, 0.7]), abs=1e-6)
+    assert table["eva"]["hammer-v3_n"] == "2" and table["eva"]["push-v3_n"] == "3"
+    # Avg.: mean of the task means; its s.e. over the per-seed task averages of seeds that ran both tasks
+    assert float(table["lora"]["avg_mean"]) == pytest.approx((0.7 + 0.2) / 2, abs=1e-6)
+    assert float(table["lora"]["avg_se"]) == pytest.approx(se([0.4, 0.55, 0.4]), abs=1e-6)
+    assert float(table["eva"]["avg_se"]) == pytest.approx(se([0.65, 0.45]), abs=1e-6)
+    assert (table["lora"]["reference_avg"], table["eva"]["reference_avg"]) == ("0.86", "0.9")  # the paper's
+    heldout = {r["method"]: r for r in read_csv(tmp_path / "out/table6_heldout_loss.csv")}
+    assert float(heldout["lora"]["push-v3_mean"]) == pytest.approx(0.085, abs=1e-6)
+    final = {r["method"]: r for r in read_csv(tmp_path / "out/table6_success_final.csv")}
+    assert float(final["eva"]["push-v3_mean"]) == pytest.approx(0.2, abs=1e-6)
+    assert not (tmp_path / "out/table19_success_any.csv").exists()  # one rank only
+    report = (tmp_path / "out/report.md").read_text()
+    assert "| LoRA | r=2 | 3 | 50 | 0.70 ± 0.06 | 0.20 ± 0.06 | 0.45 ± 0.05 | 0.86 |" in report
+
+
+def test_paired_differences_and_bootstrap_match_numpy(results, tmp_path):
+    build_study_report(results, tmp_path / "out", plots=False)
+    got = {(r["a"], r["b"], r["metric"]): r for r in read_csv(tmp_path / "out/comparisons.csv")}
+    assert set(got) == {("eva", "lora", m) for m in ("success_any", "success_final", "heldout_loss")}
+    pairs = sorted((t, s) for (m, t, s) in VALUES if m == "eva")  # (task, seed) order, hammer/2 has no EVA
+    for metric, i in (("success_any", 0), ("heldout_loss", 2)):
+        diffs = np.array([VALUES[("eva", t, s)][i] - VALUES[("lora", t, s)][i] for t, s in pairs])
+        rng = np.random.default_rng(0)
+        means = diffs[rng.integers(0, len(diffs), size=(10_000, len(diffs)))].mean(axis=1)
+        low, high = np.percentile(means, [2.5, 97.5])
+        r = got[("eva", "lora", metric)]
+        assert int(r["pairs"]) == 5 and r["pairs_only_b"] == "1" and r["pairs_only_a"] == "0"
+        assert float(r["mean"]) == pytest.approx(diffs.mean(), rel=1e-5)
+        assert (float(r["ci_low"]), float(r["ci_high"])) == pytest.approx((low, high), rel=1e-5)
+        assert float(r["mdd"]) == pytest.approx(2.8 * se(diffs), rel=1e-5)
+        assert r["resolved"] == str(low > 0 or high < 0)
+    report = (tmp_path / "out/report.md").read_text()
+    assert "EVA − LoRA, success at any step: 1 pair(s) left out, EVA missing: hammer/seed 2." in report
+    assert "EVA − FFT: not computed, FFT has no finished run." in report  # its only run failed
+    assert "EVA+DoRA − DoRA" not in report  # neither ran
+    assert "2.8 x the standard error of the paired mean" in report and "80 % power" in report
+
+
+def test_failed_rows_and_mixed_episode_counts_are_reported(tmp_path):
+    rows = [row(m, t, s) for (m, t, s) in VALUES]
+    rows[0]["episodes"] = 10
+    rows[1].update(status="failed", error="RuntimeError: killed", success_any="")
+    out = tmp_path / "out"
+    report = build_study_report(write_csv(tmp_path / "results.csv", rows), out, plots=False)
+    assert report["excluded"] == [("method=lora+task=hammer+seed=1", "failed", "RuntimeError: killed")]
+    text = (out / "report.md").read_text()
+    assert "- `method=lora+task=hammer+seed=1` (failed): RuntimeError: killed" in text
+    assert "evaluations differ in size (10 episode(s) per task: 1 run(s) (e.g. method=lora+task=hammer+seed=0); " \
+           "50 episode(s) per task: 9 run(s)" in text
+    assert "**Evaluation sizes differ in this table**" in text  # the table's footnote too
+    table = {r["method"]: r for r in read_csv(out / "table6_success_any.csv")}
+    assert table["lora"]["hammer-v3_n"] == "2"  # the failed run is not averaged in
+
+
+def test_ranks_table19_and_every_configuration(tmp_path):
+    rows = [row(m, t, s) for (m, t, s) in VALUES]
+    rows += [row(m, t, s, rank=4, name=f"r4-{m}-{t}-{s}", heldout_loss=0.2) for (m, t, s) in VALUES]
+    rows += [row("eva", t, 0, **{"eva.adjust_alpha": "true", "name": f"alpha-{t}", "heldout_loss": 0.01})
+             for t in ("hammer", "push")]
+    out = tmp_path / "out"
+    build_study_report(write_csv(tmp_path / "results.csv", rows), out, plots=False)
+    table19 = [(r["method"], r["rank"], r["config"]) for r in read_csv(out / "table19_success_any.csv")]
+    assert table19 == [("lora", "2", "r=2, eva.adjust_alpha=false"), ("lora", "4", "r=4, eva.adjust_alpha=false"),
+                       ("eva", "2", "r=2, rho=2, eva.adjust_alpha=true"),
+                       ("eva", "4", "r=4, rho=2, eva.adjust_alpha=false")]
+    # Table 6: per method the configuration with the lowest held-out MSE (the protocol's rule), among those
+    # that cover the most tasks
+    table6 = {r["method"]: r["config"] for r in read_csv(out / "table6_success_any.csv")}
+    assert table6 == {"lora": "r=2, eva.adjust_alpha=false", "eva": "r=2, rho=2, eva.adjust_alpha=true"}
+    assert len(read_csv(out / "configs_success_any.csv")) == 5
+
+
+def test_eva_ranks_init_time_and_curves(results, tmp_path):
+    out = tmp_path / "out"
+    report = build_study_report(results, out)
+    ranks = {(r["layer"], r["module"]): r for r in read_csv(out / "eva_ranks.csv")}
+    eva_rows = [(t, s) for (m, t, s) in VALUES if m == "eva"]
+    qkv = [EVA_RANKS[s]["blocks.0.attn.qkv"] for _, s in eva_rows]
+    assert float(ranks[("0", "attn.qkv")]["mean_rank"]) == pytest.approx(np.mean(qkv))
+    assert float(ranks[("0", "attn.qkv")]["min_task_mean"]) == pytest.approx(3.0)  # hammer: (4 + 2) / 2
+    assert float(ranks[("0", "attn.qkv")]["max_task_mean"]) == pytest.approx(4.0)  # push: (4 + 2 + 6) / 3
+    [init] = read_csv(out / "eva_init_time.csv")
+    assert float(init["share_mean"]) == pytest.approx(10 / 50) and init["runs"] == "5"
+    curves = {(r["metric"], r["method"], r["step"]): r for r in read_csv(out / "curves.csv")}
+    lora_any = [v[0] for (m, _, _), v in VALUES.items() if m == "lora"]
+    assert float(curves[("success_any", "lora", "2")]["mean"]) == pytest.approx(np.mean(lora_any) / 2)
+    assert float(curves[("heldout_loss", "eva", "4")]["se"]) == pytest.approx(
+        se([v[2] for (m, _, _), v in VALUES.items() if m == "eva"]), rel=1e-5)
+    for png in ("curves/success_any.png", "curves/heldout_loss.png", "heatmaps/eva-mean-ranks.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG" and str(out / png) in report["files"]
+
+
+def test_report_is_written_atomically_and_bad_input_is_refused(results, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    build_study_report(results, out, plots=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("dt_eva.reporting.study_report.plot_curves", broken)
+    with pytest.raises(OSError, match="disk full"):  # fails half-way through writing the new report
+        build_study_report(results, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the old report, whole
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine/notes.txt").write_text("keep")
+    with pytest.raises(ValueError, match="not a dt-eva report"):
+        build_study_report(results, tmp_path / "mine")
+    assert (tmp_path / "mine/notes.txt").read_text() == "keep"
+    pretrain = tmp_path / "p.csv"
+    pretrain.write_text("name,status,seed,lr,steps,batch_size,final_loss\nseed=0,done,0,0.001,2,8,0.5\n")
+    with pytest.raises(ValueError, match="looks like a pre-training sweep"):
+        build_study_report(pretrain, tmp_path / "o2")
+    with pytest.raises(FileNotFoundError, match="no results.csv"):
+        build_study_report(tmp_path / "nowhere", tmp_path / "o3")
+    bad = write_csv(tmp_path / "bad.csv", [row("lora", "push", 0, success_any="high")])
+    with pytest.raises(ValueError, match=r"line 2 .*column success_any holds 'high'"):
+        build_study_report(bad, tmp_path / "o4")
+
+
+def test_cli_reports_a_sweep_folder(results, tmp_path, capsys):
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "rep"), "--no-plots"]) == 0
+    printed = capsys.readouterr().out
+    assert "Table 6 layout: success at any step" in printed and "Paired comparisons" in printed
+    assert "method=fft+task=hammer+seed=0 (failed): ValueError: non-finite loss" in printed
+    assert (tmp_path / "rep/report.md").read_text().startswith("# dt-eva report")
+    script = ("import sys; from dt_eva.cli import main; "
+              f"assert main(['report', {str(results)!r}, '--out', {str(tmp_path / 'rep2')!r}]) == 0; "
+              "assert 'torch' not in sys.modules, 'the study report imported torch'")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    subprocess.run([sys.executable, "-c", script], check=True, env=env, capture_output=True)
+
+
+# --- a real sweep, then its report ------------------------------------------------------------------
+@pytest.mark.slow
+def test_report_of_a_real_tiny_sweep(tmp_path, monkeypatch):
+    shutil.copytree(LEGACY / "data", tmp_path / "data")
+    shutil.copytree(LEGACY / "runs" / "pre", tmp_path / "runs" / "pre")
+    monkeypatch.chdir(tmp_path)
+    fixed = {"checkpoint": "runs/pre", "data.path": "data/tiny", "heldout_path": "data/tiny", "rank": 2,
+             "eva.batch_size": 4, "optim.warmup_steps": 1,
+             "train": {"steps": 4, "batch_size": 8, "log_every": 1, "eval_every": 2, "eval_episodes": 1,
+                       "device": "cpu"}}
+    sweep = {"kind": "finetune", "base": str(REPO / "configs/finetune/tiny.yaml"), "out": "sweeps/t", "fixed": fixed,
+             "grid": {"method": ["lora", "eva"], "task": ["hammer"], "seed": [0, 1]}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(sweep, sort_keys=False))
+    assert main(["sweep", "s.yaml", "--jobs", "2", "--no-progress"]) == 0
+    rows = read_csv(tmp_path / "sweeps/t/results.csv")
+    assert [r["status"] for r in rows] == ["done"] * 4 and all(r["heldout_loss@4"] for r in rows)
+    assert main(["report", "sweeps/t", "--out", "rep"]) == 0
+    table = {r["method"]: r for r in read_csv(tmp_path / "rep/table6_heldout_loss.csv")}
+    for method in ("lora", "eva"):
+        values = [float(r["heldout_loss"]) for r in rows if r["method"] == method]
+        assert float(table[method]["hammer-v3_mean"]) == pytest.approx(np.mean(values), rel=1e-5)
+    [diff] = [r for r in read_csv(tmp_path / "rep/comparisons.csv") if (r["a"], r["b"], r["metric"]) ==
+              ("eva", "lora", "heldout_loss")]
+    assert diff["pairs"] == "2" and diff["resolved"] == "False"  # two pairs: too few to judge
+    assert {p.name for p in (tmp_path / "rep/curves").iterdir()} == {"success_any.png", "heldout_loss.png"}
+    assert (tmp_path / "rep/heatmaps/eva-mean-ranks.png").is_file()
