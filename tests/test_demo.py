@@ -17,13 +17,13 @@ from dt_eva.experiments.demo import (
     STUDY_LINE,
     DemoPaths,
     DemoSettings,
-    config_hash,
     finetune_config,
     pretrain_config,
     run_demo,
     wilson_interval,
 )
 from dt_eva.runs.configs import FinetuneConfig, PretrainConfig
+from dt_eva.runs.guard import config_hash
 
 REPO = Path(__file__).resolve().parents[1]
 Z = 1.959963984540054

@@ -229,3 +229,23 @@ def test_submitit_local_launcher_runs_a_sweep_with_evaluations(ws):
     assert sorted(curve) == [2, 4]  # two real evaluations, one Meta-World episode each
     assert [float(row["success_any@2"]), float(row["success_any@4"])] == [curve[2], curve[4]]
     assert float(row["success_any"]) == json.loads((run / "eval.json").read_text())["mean"]["success_any"]
+
+
+@pytest.mark.slow
+def test_a_fresh_clone_with_only_results_csv_continues_where_the_sweep_stopped(ws):
+    # A study commits results.csv, not its run directories: in a fresh clone the finished runs must not
+    # run again, their rows must stay as they were, and a changed config must run again.
+    sweep = write_sweep(ws / "s.yaml", grid={"method": ["lora"], "seed": [0, 1]})
+    assert main(["sweep", str(sweep), "--no-progress"]) == 0
+    before = read_results(ws / "sweeps/t/results.csv")
+    assert all(row["status"] == "done" and row["config_hash"] for row in before.values())
+    shutil.rmtree(ws / "sweeps/t/runs")
+    assert main(["sweep", str(sweep), "--no-progress"]) == 0
+    assert not (ws / "sweeps/t/runs").exists() or not any((ws / "sweeps/t/runs").iterdir())
+    assert read_results(ws / "sweeps/t/results.csv") == before
+    changed = write_sweep(ws / "s.yaml", grid={"method": ["lora"], "seed": [0, 1]},
+                          fixed={**TINY, "train": {**TINY["train"], "steps": 4}})
+    assert main(["sweep", str(changed), "--no-progress"]) == 0
+    after = read_results(ws / "sweeps/t/results.csv")
+    assert {row["steps"] for row in after.values()} == {"4"} and after.keys() == before.keys()
+    assert all(after[n]["config_hash"] != before[n]["config_hash"] for n in after)

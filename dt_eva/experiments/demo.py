@@ -21,7 +21,6 @@ Everything lands in `workdir`; running the demo again reuses what is there:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import resource
@@ -34,7 +33,7 @@ import numpy as np
 import torch
 
 import dt_eva
-from dt_eva.config import config_diff, config_to_dict, load_config
+from dt_eva.config import config_diff, load_config
 from dt_eva.data import WindowSampler, collect_dataset, load_dataset
 from dt_eva.envs import CW10, EPISODE_LENGTH, resolve_task, short_name
 from dt_eva.experiments.evaluate import evaluate_run
@@ -44,7 +43,7 @@ from dt_eva.methods.registry import resolve_method
 from dt_eva.reporting import build_report
 from dt_eva.runs.base import file_sha256
 from dt_eva.runs.configs import FinetuneConfig, PretrainConfig
-from dt_eva.runs.guard import RESUME_MUTABLE_KEYS, plan_run_dir
+from dt_eva.runs.guard import RESUME_MUTABLE_KEYS, config_hash, plan_run_dir, stable_hash
 from dt_eva.runs.layout import RunPaths
 from dt_eva.runs.marker import read_meta
 from dt_eva.runs.policy import load_run_model, target_returns
@@ -185,25 +184,6 @@ def finetune_config(settings: DemoSettings, paths: DemoPaths, method: str, progr
 
 
 # --- stage identity: hashes, never file times ------------------------------------------------------
-def stable_hash(data: Any) -> str:
-    """SHA-256 (16 hex digits) of JSON-able data, independent of key order."""
-    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-def config_hash(cfg: Any) -> str:
-    """Hash of a run config without `dt_eva.runs.guard.RESUME_MUTABLE_KEYS` (log / checkpoint cadence,
-    device, progress bar...), which do not change what the run computes."""
-    data = config_to_dict(cfg)
-    for dotted in RESUME_MUTABLE_KEYS:
-        *parents, leaf = dotted.split(".")
-        node = data
-        for key in parents:
-            node = node.get(key, {})
-        node.pop(leaf, None)
-    return stable_hash(data)
-
-
 def plan_training(run_dir: Path, cfg: Any, kind: str) -> str:
     """What the training stage will do: "reuse" (finished, same config hash), "resume", "restart"
     (a run that never checkpointed) or "new". A run made with another config is a `ValueError`."""

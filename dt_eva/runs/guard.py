@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import shutil
 from dataclasses import dataclass
@@ -152,3 +154,24 @@ def check_resume_compatible(saved: Any, cfg: Any, run_dir: str | Path) -> None:
             f"cannot resume {run_dir}: the config differs from its saved config.yaml in {lines}. Resume with the "
             "same settings, or start a new run (another name=, or --force)"
         )
+
+
+def stable_hash(data: Any) -> str:
+    """SHA-256 (16 hex digits) of JSON-able data, independent of key order."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def config_hash(cfg: Any) -> str:
+    """Hash of a run config without `dt_eva.runs.guard.RESUME_MUTABLE_KEYS` (log / checkpoint cadence,
+    device, progress bar...), which do not change what the run computes."""
+    from dt_eva.config import config_to_dict  # lazy: keeps the guard importable without omegaconf loaded
+
+    data = config_to_dict(cfg)
+    for dotted in RESUME_MUTABLE_KEYS:
+        *parents, leaf = dotted.split(".")
+        node = data
+        for key in parents:
+            node = node.get(key, {})
+        node.pop(leaf, None)
+    return stable_hash(data)

@@ -5,7 +5,11 @@ columns: name, status (done | failed | pending), the grid keys that are not belo
 `FIELDS[kind]`, then final_loss, heldout_loss, success_any, success_final, episodes (per task, of the
 final evaluation), `success_any@<step>` and `heldout_loss@<step>` for every evaluated step, total_rank,
 adapter_ranks (JSON), eva_init_seconds, seconds (training, evaluations included; EVA init not), error,
-run_dir.
+config_hash (`dt_eva.runs.guard.config_hash` of the run's config), run_dir.
+
+`results.csv` is what a study commits (its run directories are not): a run whose directory is gone but
+whose row is `done` with the same `config_hash` counts as finished (`committed_results`), so a sweep
+continues in a fresh clone where it stopped.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
+from dt_eva.runs.guard import config_hash
 from dt_eva.runs.layout import RunPaths
 from dt_eva.utils.io import atomic_write_text, read_metrics
 
@@ -28,7 +33,7 @@ FIELDS = {
     "pretrain": {"seed": "seed", "lr": "optim.lr", "steps": "train.steps", "batch_size": "train.batch_size"},
 }
 MEASURED = ("final_loss", "heldout_loss", "success_any", "success_final", "episodes")
-TAIL = ("total_rank", "adapter_ranks", "eva_init_seconds", "seconds", "error", "run_dir")
+TAIL = ("total_rank", "adapter_ranks", "eva_init_seconds", "seconds", "error", "config_hash", "run_dir")
 
 
 class SweepRunLike(Protocol):
@@ -47,6 +52,7 @@ class ResultsTable:
     def __init__(self, path: Path, kind: str, grid_keys: Iterable[str], runs: list[SweepRunLike]) -> None:
         self.path, self.kind, self.runs = Path(path), kind, runs
         self.grid_keys = [k for k in grid_keys if k not in FIELDS[kind].values()]
+        self.committed = committed_results(self.path)
         self.rows = {r.name: self._row(r, "done" if r.status == "done" else "pending", None) for r in runs}
 
     def record(self, run: SweepRunLike, error: str | None) -> None:
@@ -67,12 +73,28 @@ class ResultsTable:
         atomic_write_text(self.path, text.getvalue())
 
     def _row(self, run: SweepRunLike, status: str, error: str | None) -> dict[str, Any]:
-        row: dict[str, Any] = {"name": run.name, "status": status, "error": error, "run_dir": str(run.run_dir)}
+        digest = config_hash(run.config)
+        kept = self.committed.get(run.name)
+        if status == "done" and not RunPaths(run.run_dir).summary.is_file() and kept and kept["config_hash"] == digest:
+            return {**kept, "run_dir": str(run.run_dir)}  # finished in an earlier session; only its row is left
+        row: dict[str, Any] = {"name": run.name, "status": status, "error": error, "run_dir": str(run.run_dir),
+                               "config_hash": digest}
         row.update({k: config_value(run.config, k) for k in self.grid_keys})
         row.update({col: config_value(run.config, key) for col, key in FIELDS[self.kind].items()})
         if status == "done":
             row.update(read_run_results(run.run_dir))
         return row
+
+
+def committed_results(path: str | Path) -> dict[str, dict[str, Any]]:
+    """The `done` rows of an existing results.csv by run name (empty when there is none). Their values
+    stay strings; they are written back as they were read."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError:
+        return {}
+    rows = csv.DictReader(io.StringIO(text))
+    return {row["name"]: row for row in rows if row.get("status") == "done" and row.get("config_hash")}
 
 
 def read_run_results(run_dir: str | Path) -> dict[str, Any]:

@@ -9,8 +9,9 @@ from typing import Any
 from dt_eva.config import config_diff, load_config
 from dt_eva.experiments.sweep.expand import SweepRun
 from dt_eva.experiments.sweep.spec import KINDS, SweepSpec, load_ref
-from dt_eva.runs.guard import check_resume_compatible, plan_run_dir
+from dt_eva.runs.guard import check_resume_compatible, config_hash, plan_run_dir
 from dt_eva.runs.layout import LOCK, RunPaths
+from dt_eva.runs.results import RESULTS, committed_results
 
 
 def load_configs(spec: SweepSpec, runs: list[SweepRun]) -> None:
@@ -28,9 +29,12 @@ def plan_statuses(spec: SweepSpec, runs: list[SweepRun]) -> None:
     run, a finished run whose saved config differs from the requested one (the sweep file changed under
     it) and an interrupted one that could not resume."""
     cls = load_ref(KINDS[spec.kind][0])
+    committed = committed_results(spec.out / RESULTS)
     for run in runs:
         try:
             run.status = _status(spec.kind, cls, run)
+            if run.status == "new" and committed.get(run.name, {}).get("config_hash") == config_hash(run.config):
+                run.status = "done"  # finished in an earlier session: results.csv keeps its row
         except (ValueError, FileNotFoundError) as e:
             raise _naming(e, f"{spec.path}: run {run.name}: {e}") from None
 
