@@ -3,20 +3,16 @@ leaving other ranks waiting, the batch split, the evaluation callback and the su
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
 import torch
 
 from dt_eva.config import load_config, save_config
 from dt_eva.evaluation import evaluate_policy
-from dt_eva.runs.guard import (
-    OpenRun,
-    check_resume_compatible,
-    open_run_dir,
-    plan_run_dir,
-)
+from dt_eva.runs.guard import OpenRun, check_resume_compatible, open_run_dir, plan_run_dir
 from dt_eva.runs.layout import RunPaths
-from dt_eva.training.distributed import DistContext, broadcast_object
+from dt_eva.training.distributed import DistContext, broadcast_object, init_distributed, shutdown_distributed
 
 T = TypeVar("T")
 
@@ -105,3 +101,20 @@ def make_eval_fn(tasks: list[str], targets: dict[str, float], data: Any, episode
         return flatten_eval(result)
 
     return eval_fn
+
+
+def run_experiment(cfg: Any, prepare: Callable[..., Any], finish: Callable[[Any, Any], Any], resume: bool,
+                   force: bool) -> Path:
+    """The run wrapper of both drivers: set up DDP (when under torchrun), prepare (validate, claim the run
+    directory, build), train, finish; the run's lock is released and DDP shut down however it ends."""
+    dist = init_distributed(cfg.train.device)
+    try:
+        setup = prepare(cfg, resume=resume, force=force, dist=dist)
+        try:
+            finish(setup, setup.trainer.fit(resume=setup.resume))
+        finally:
+            if setup.run is not None:
+                setup.run.close()
+        return setup.run_dir
+    finally:
+        shutdown_distributed(dist)

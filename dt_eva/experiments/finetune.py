@@ -28,20 +28,9 @@ from dt_eva.data import WindowSampler
 from dt_eva.envs import resolve_task
 from dt_eva.eva import EvaConfig
 from dt_eva.evaluation.offline import heldout_batches, heldout_loss
-from dt_eva.experiments.common import (
-    claim_run,
-    local_batch_size,
-    make_eval_fn,
-    on_main,
-    plan_run,
-)
+from dt_eva.experiments.common import claim_run, local_batch_size, make_eval_fn, on_main, plan_run, run_experiment
 from dt_eva.experiments.eva_init import load_eva_result, run_eva, save_eva_artifacts
-from dt_eva.methods.model import (
-    MethodModel,
-    adalora_ranks,
-    build_method_model,
-    check_rank_fits,
-)
+from dt_eva.methods.model import MethodModel, adalora_ranks, build_method_model, check_rank_fits
 from dt_eva.methods.registry import MethodSpec, resolve_method
 from dt_eva.models import DT_ADAPTER_TARGETS
 from dt_eva.runs.base import PretrainedBase, load_pretrained_base
@@ -52,15 +41,9 @@ from dt_eva.runs.layout import RunPaths
 from dt_eva.runs.policy import load_task_dataset, target_returns
 from dt_eva.training import Trainer, TrainResult
 from dt_eva.training.checkpoint import seed_everything
-from dt_eva.training.distributed import (
-    DistContext,
-    barrier,
-    init_distributed,
-    rank_seed,
-    shutdown_distributed,
-)
-from dt_eva.utils.precision import resolve_precision
+from dt_eva.training.distributed import DistContext, barrier, rank_seed
 from dt_eva.utils.io import atomic_torch_save, atomic_write_json
+from dt_eva.utils.precision import resolve_precision
 
 KIND = "finetune"
 
@@ -89,17 +72,7 @@ class FinetuneSetup:
 
 def run_finetune(cfg: FinetuneConfig, resume: bool = False, force: bool = False) -> Path:
     """Fine-tune (or `resume` an interrupted run; `force` replaces an existing one); returns the run dir."""
-    dist = init_distributed(cfg.train.device)
-    try:
-        setup = prepare_finetune(cfg, resume=resume, force=force, dist=dist)
-        try:
-            finish_finetune(setup, setup.trainer.fit(resume=setup.resume))
-        finally:
-            if setup.run is not None:
-                setup.run.close()
-        return setup.run_dir
-    finally:
-        shutdown_distributed(dist)
+    return run_experiment(cfg, prepare_finetune, finish_finetune, resume, force)
 
 
 @dataclass

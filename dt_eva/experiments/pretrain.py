@@ -16,12 +16,7 @@ import torch
 
 from dt_eva.data import WindowSampler, load_dataset
 from dt_eva.envs import resolve_tasks
-from dt_eva.experiments.common import (
-    claim_run,
-    local_batch_size,
-    make_eval_fn,
-    plan_run,
-)
+from dt_eva.experiments.common import claim_run, local_batch_size, make_eval_fn, plan_run, run_experiment
 from dt_eva.models import DecisionTransformer
 from dt_eva.runs.configs import PretrainConfig
 from dt_eva.runs.evals import write_eval_record
@@ -30,15 +25,9 @@ from dt_eva.runs.layout import RunPaths
 from dt_eva.runs.policy import target_returns
 from dt_eva.training import Trainer, TrainResult, WholeModel
 from dt_eva.training.checkpoint import seed_everything
-from dt_eva.training.distributed import (
-    DistContext,
-    barrier,
-    init_distributed,
-    rank_seed,
-    shutdown_distributed,
-)
-from dt_eva.utils.precision import resolve_precision
+from dt_eva.training.distributed import DistContext, barrier, rank_seed
 from dt_eva.utils.io import atomic_write_json
+from dt_eva.utils.precision import resolve_precision
 
 KIND = "pretrain"
 
@@ -65,17 +54,7 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False, force: bool = False)
 
     Under torchrun every rank calls this; only rank 0 writes files.
     """
-    dist = init_distributed(cfg.train.device)
-    try:
-        setup = prepare_pretrain(cfg, resume=resume, force=force, dist=dist)
-        try:
-            finish_pretrain(setup, setup.trainer.fit(resume=setup.resume))
-        finally:
-            if setup.run is not None:
-                setup.run.close()
-        return setup.run_dir
-    finally:
-        shutdown_distributed(dist)
+    return run_experiment(cfg, prepare_pretrain, finish_pretrain, resume, force)
 
 
 def load_pretrain_dataset(cfg: PretrainConfig) -> Any:

@@ -17,13 +17,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from dt_eva.adapters import (
-    adapter_layers,
-    adapter_state_dict,
-    inject_adapters,
-    load_adapter_state_dict,
-    merge_adapters,
-)
+from dt_eva.adapters import adapter_layers, adapter_state_dict, inject_adapters, load_adapter_state_dict, merge_adapters
 from dt_eva.eva import match_modules
 from dt_eva.methods.registry import MethodSpec
 from dt_eva.models import DT_ADAPTER_TARGETS
