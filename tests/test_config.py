@@ -223,7 +223,8 @@ def test_finetune_refuses_keys_it_would_ignore():
 
 
 def _shipped_configs() -> list[Path]:
-    return sorted(REPO.glob("configs/*/*.yaml")) + sorted(REPO.glob("tests/fixtures/legacy/runs/*/config.yaml"))
+    presets = sorted(REPO.glob("configs/pretrain/*.yaml")) + sorted(REPO.glob("configs/finetune/*.yaml"))
+    return presets + sorted(REPO.glob("tests/fixtures/legacy/runs/*/config.yaml"))
 
 
 @pytest.mark.parametrize("path", _shipped_configs(), ids=lambda p: str(p.relative_to(REPO)))

@@ -249,3 +249,14 @@ def test_a_fresh_clone_with_only_results_csv_continues_where_the_sweep_stopped(w
     after = read_results(ws / "sweeps/t/results.csv")
     assert {row["steps"] for row in after.values()} == {"4"} and after.keys() == before.keys()
     assert all(after[n]["config_hash"] != before[n]["config_hash"] for n in after)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_sweep_file_expands_to_valid_configs(path):
+    spec = load_sweep(path)
+    runs = expand(spec)
+    # configs through load_config (unknown keys or bad values fail here); every 20th of the paper grid's 870
+    load_configs(spec, runs[:: max(1, len(runs) // 40)])
+    assert runs and len({r.name for r in runs}) == len(runs)
+    if path.name == "cw10-tiny-validation.yaml":  # the study's validation grid (docs/results.md)
+        assert len(runs) == 2 * 4 + 7 * 2 * 3 and {r.config.task for r in runs} == {"push", "window-close"}
