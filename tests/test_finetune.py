@@ -335,3 +335,23 @@ def test_heldout_loss_is_logged_at_every_evaluation_step(workspace, tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         run_finetune(ft_cfg(workspace, tmp_path / "ho2", "method=lora", f"heldout_path={tmp_path / 'none'}"))
     assert not (tmp_path / "ho2").exists()
+
+
+def test_probe_logs_heldout_loss_between_evaluations_without_changing_training(workspace, tmp_path):
+    from dt_eva.runs.guard import config_hash
+
+    plain = ft_cfg(workspace, tmp_path / "plain", "method=lora", "train.eval_every=4", f"heldout_path={workspace['data']}")
+    probed = ft_cfg(workspace, tmp_path / "probed", "method=lora", "train.eval_every=4", "train.probe_every=1",
+                    f"heldout_path={workspace['data']}")
+    same_dir = [ft_cfg(workspace, tmp_path / "x", *extra) for extra in ((), ("train.probe_every=1",))]
+    assert config_hash(same_dir[0]) == config_hash(same_dir[1])  # a cadence: a sweep's finished rows stay valid
+    runs = [run_finetune(cfg) for cfg in (plain, probed)]
+    heldout = [{r["step"]: r["heldout/loss"] for r in read_metrics(d / "metrics.jsonl") if "heldout/loss" in r}
+               for d in runs]
+    assert sorted(heldout[0]) == [4] and sorted(heldout[1]) == [1, 2, 3, 4]
+    assert heldout[1][4] == heldout[0][4]
+    assert losses(runs[1]) == losses(runs[0])  # the probe runs in eval mode on its own RNG
+    probe_seconds = [r for r in read_metrics(runs[1] / "metrics.jsonl") if "probe/seconds" in r]
+    assert [r["step"] for r in probe_seconds] == [1, 2, 3]  # step 4 is an evaluation step: eval/seconds
+    with pytest.raises(ValueError, match="train.probe_every must be >= 0"):
+        ft_cfg(workspace, tmp_path / "bad", "train.probe_every=-1")

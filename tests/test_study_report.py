@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 LEGACY = REPO / "tests" / "fixtures" / "legacy"
 COLUMNS = ["name", "status", "eva.adjust_alpha", "task", "method", "rank", "rho", "seed", "lr", "steps", "final_loss",
            "heldout_loss", "success_any", "success_final", "episodes", "success_any@2", "success_any@4",
-           "heldout_loss@2", "heldout_loss@4", "total_rank", "adapter_ranks", "eva_init_seconds", "seconds", "error",
+           "heldout_loss@2", "heldout_loss@4", "grad_norm@1", "grad_norm@2", "total_rank", "adapter_ranks", "eva_init_seconds", "seconds", "error",
            "run_dir"]
 # (method, task, seed) -> (success_any, success_final, heldout_loss); EVA has no hammer/seed 2 run
 VALUES = {
@@ -44,11 +44,18 @@ def row(method: str, task: str, seed: int, /, **changes) -> dict:
                 "task": task, "method": method, "rank": 2, "rho": 2.0, "seed": seed, "lr": 0.001, "steps": 4,
                 "final_loss": 0.1, "heldout_loss": heldout, "success_any": any_, "success_final": final, "episodes": 50,
                 "success_any@2": any_ / 2, "success_any@4": any_, "heldout_loss@2": 2 * heldout,
-                "heldout_loss@4": heldout, "seconds": 40.0, "run_dir": f"runs/{method}-{task}-{seed}"})
+                "heldout_loss@4": heldout, "seconds": 40.0, "run_dir": f"runs/{method}-{task}-{seed}",
+                "grad_norm@1": grad_norm(method, task, seed), "grad_norm@2": 1.0})
     if method == "eva":
         out.update({"adapter_ranks": json.dumps(EVA_RANKS[seed]), "total_rank": 6, "eva_init_seconds": 10.0})
     out.update(changes)
     return out
+
+
+def grad_norm(method: str, task: str, seed: int) -> float:
+    """EVA's first gradient norms are 5-6x LoRA's (the paper's figure-2 claim), varying over pairs."""
+    base = 0.01 * (1 + 0.1 * seed + (0.2 if task == "push" else 0.0))
+    return base * (5 + 0.5 * seed) if method == "eva" else base
 
 
 def write_csv(path: Path, rows: list[dict]) -> Path:
@@ -157,6 +164,27 @@ def test_ranks_table19_and_every_configuration(tmp_path):
     assert len(read_csv(out / "configs_success_any.csv")) == 5
 
 
+def test_differences_along_the_budget_and_the_gradient_norm_ratio(results, tmp_path):
+    build_study_report(results, tmp_path / "out", plots=False)
+    pairs = sorted((t, s) for (m, t, s) in VALUES if m == "eva")
+    along = {(r["metric"], r["step"]): r for r in read_csv(tmp_path / "out/comparisons_along_budget.csv")}
+    assert set(along) == {(m, s) for m in ("heldout_loss", "success_any") for s in ("2", "4")}
+    diffs = np.array([2 * (VALUES[("eva", t, s)][2] - VALUES[("lora", t, s)][2]) for t, s in pairs])
+    assert float(along[("heldout_loss", "2")]["mean"]) == pytest.approx(diffs.mean(), rel=1e-5)
+    assert along[("heldout_loss", "4")]["mean"] == read_csv(tmp_path / "out/comparisons.csv")[2]["mean"]
+    [ratio] = read_csv(tmp_path / "out/grad_norm.csv")
+    logs = np.array([np.log(grad_norm("eva", t, s) / grad_norm("lora", t, s)) for t, s in pairs])
+    rng = np.random.default_rng(0)
+    low, high = np.percentile(logs[rng.integers(0, len(logs), size=(10_000, len(logs)))].mean(axis=1), [2.5, 97.5])
+    assert (ratio["a"], ratio["b"], ratio["steps"], ratio["pairs"]) == ("eva", "lora", "1", "5")
+    assert float(ratio["ratio"]) == pytest.approx(np.exp(logs.mean()), rel=1e-5)
+    assert (float(ratio["ci_low"]), float(ratio["ci_high"])) == pytest.approx((np.exp(low), np.exp(high)), rel=1e-5)
+    assert float(ratio["b_mean"]) == pytest.approx(
+        np.mean([grad_norm("lora", t, s) for (m, t, s) in VALUES if m == "lora"]), rel=1e-5)
+    report = (tmp_path / "out/report.md").read_text()
+    assert "| EVA / LoRA | 1-1 | 5 |" in report and "figure-2" in report
+
+
 def test_eva_ranks_init_time_and_curves(results, tmp_path):
     out = tmp_path / "out"
     report = build_study_report(results, out)
@@ -243,5 +271,6 @@ def test_report_of_a_real_tiny_sweep(tmp_path, monkeypatch):
     [diff] = [r for r in read_csv(tmp_path / "rep/comparisons.csv") if (r["a"], r["b"], r["metric"]) ==
               ("eva", "lora", "heldout_loss")]
     assert diff["pairs"] == "2" and diff["resolved"] == "False"  # two pairs: too few to judge
-    assert {p.name for p in (tmp_path / "rep/curves").iterdir()} == {"success_any.png", "heldout_loss.png"}
+    assert {p.name for p in (tmp_path / "rep/curves").iterdir()} == {
+        "success_any.png", "success_final.png", "heldout_loss.png", "grad_norm.png"}
     assert (tmp_path / "rep/heatmaps/eva-mean-ranks.png").is_file()

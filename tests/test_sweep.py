@@ -139,8 +139,9 @@ def test_results_of_a_run_directory_are_read_from_its_files(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     with open(run / "metrics.jsonl", "a") as f:  # what fine-tuning logs with held-out loss and evaluations
         for step, heldout, success in ((2, 0.30, 0.0), (4, 0.25, 1.0)):
-            f.write(json.dumps({"step": step, "heldout/loss": heldout}) + "\n")
-            f.write(json.dumps({"step": step, "eval/success_any": success}) + "\n")
+            f.write(json.dumps({"step": step, "heldout/loss": heldout, "probe/seconds": 0.5}) + "\n")
+            f.write(json.dumps({"step": step, "eval/success_any": success, "eval/success_final": success / 2,
+                                "eval/seconds": 2.0}) + "\n")
     got = read_run_results(run)
     assert got["final_loss"] == summary["final_loss"] and got["seconds"] == summary["seconds"]
     assert json.loads(got["adapter_ranks"]) == summary["adapter_ranks"] and got["total_rank"] == 8
@@ -148,6 +149,11 @@ def test_results_of_a_run_directory_are_read_from_its_files(tmp_path):
     assert (got["success_any"], got["success_final"]) == (0.0, 0.0)  # eval.json's mean
     assert got["heldout_loss"] == 0.25 and got["heldout_loss@2"] == 0.30
     assert (got["success_any@2"], got["success_any@4"]) == (0.0, 1.0)
+    assert (got["success_final@2"], got["success_final@4"]) == (0.0, 0.5)
+    assert got["eval_seconds"] == 5.0  # two evaluations and two probes
+    logged = {r["step"]: r["grad_norm"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+              if "grad_norm" in r}
+    assert logged and all(got[f"grad_norm@{step}"] == value for step, value in logged.items())
 
 
 def test_time_limits_and_core_slots():

@@ -180,8 +180,9 @@ def _build_trainer(cfg: FinetuneConfig, v: Validated, mm: MethodModel, paths: Ru
         train_cfg = dataclasses.replace(train_cfg, eval_every=train_cfg.steps)
     eval_results: dict[int, dict] = {}
     eval_fn = _eval_callback(cfg, v, dist, eval_results) if train_cfg.eval_every > 0 and dist.is_main else None
+    probe_fn = _heldout_callback(cfg, v) if train_cfg.probe_every > 0 and dist.is_main else None
     trainer = Trainer(
-        mm, sampler, cfg.optim, train_cfg, paths, dist=dist, eval_fn=eval_fn,
+        mm, sampler, cfg.optim, train_cfg, paths, dist=dist, eval_fn=eval_fn, probe_fn=probe_fn,
         tokens_per_sample=model_cfg.context_len * model_cfg.tokens_per_step,
         # frozen base weights do not require grad, so DDP ignores them; every trained tensor is in the loss
         find_unused_parameters=False,
@@ -195,14 +196,21 @@ def _eval_callback(cfg: FinetuneConfig, v: Validated, dist: DistContext, results
     if cfg.train.eval_episodes > 0:
         parts.append(make_eval_fn([v.task], target_returns(v.dataset, [v.task]), cfg.data, cfg.train.eval_episodes,
                                   cfg.seed, dist.device, results))
-    if v.heldout is not None:
-
-        batches = heldout_batches(v.heldout, v.task, v.base.model_cfg.context_len, cfg.data.rtg_scale,
-                                  cfg.data.reward_scale)
-        parts.append(lambda model, step: {"heldout/loss": heldout_loss(model, batches)})
+    probe = _heldout_callback(cfg, v)
+    if probe is not None:
+        parts.append(probe)
     if not parts:
         return None
     return lambda model, step: {k: val for part in parts for k, val in part(model, step).items()}
+
+
+def _heldout_callback(cfg: FinetuneConfig, v: Validated) -> Any:
+    """The held-out action MSE (`heldout_path`) as `{"heldout/loss": ...}`; None without held-out data."""
+    if v.heldout is None:
+        return None
+    batches = heldout_batches(v.heldout, v.task, v.base.model_cfg.context_len, cfg.data.rtg_scale,
+                              cfg.data.reward_scale)
+    return lambda model, step: {"heldout/loss": heldout_loss(model, batches)}
 
 
 def finish_finetune(setup: FinetuneSetup, result: TrainResult) -> dict:

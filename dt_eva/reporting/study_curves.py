@@ -1,5 +1,5 @@
 """Success and held-out MSE against updates, per method: the mean over tasks and seeds of the sweep's
-`success_any@<step>` / `heldout_loss@<step>` columns, as PNG (matplotlib, Agg) and as a CSV."""
+`<metric>@<step>` columns (success at any / the final step, held-out MSE, gradient norm), as PNG (matplotlib, Agg) and as a CSV."""
 
 from __future__ import annotations
 
@@ -61,6 +61,8 @@ def plot_curves(points: dict[str, list[tuple[int, MeanSE]]], metric: str, path: 
         line, = ax.plot(steps, means, marker="o", markersize=3, label=method_label(method))
         ax.fill_between(steps, [m - e for m, e in zip(means, ses)], [m + e for m, e in zip(means, ses)],
                         color=line.get_color(), alpha=0.15, linewidth=0)
+    if metric == "grad_norm":
+        ax.set_yscale("log")
     ax.set_xlabel("updates")
     ax.set_ylabel(METRIC_LABELS[metric])
     ax.set_title(f"{METRIC_LABELS[metric]} vs updates (mean over tasks and seeds, ± s.e.)", fontsize=10)

@@ -21,6 +21,14 @@ from dt_eva.reporting.paired import (
 )
 from dt_eva.reporting.report import _REPORT_TITLE, check_out_dir
 from dt_eva.reporting.study_curves import curve_stats, curves_csv, plot_curves
+from dt_eva.reporting.study_dynamics import (
+    along_budget,
+    along_budget_csv,
+    along_budget_markdown,
+    grad_norm_csv,
+    grad_norm_markdown,
+    grad_norm_ratios,
+)
 from dt_eva.reporting.study_ranks import eva_rows, init_time_table, rank_csv, rank_markdown, rank_summary
 from dt_eva.reporting.study_rows import StudyData, StudyKey, StudyRow, read_study
 from dt_eva.reporting.study_tables import PAPER_TABLE6_AVG, TABLE_METRICS, study_tables
@@ -145,6 +153,14 @@ def _sections(data: StudyData, out: Path, plots: bool) -> tuple[list[str], dict[
     if diffs or not_computed:
         sections.append(comparisons_markdown(diffs, not_computed))
         files["comparisons.csv"] = comparisons_csv(diffs)
+    steps = along_budget(data.rows, chosen)
+    if steps:
+        sections.append(along_budget_markdown(steps))
+        files["comparisons_along_budget.csv"] = along_budget_csv(steps)
+    ratios = grad_norm_ratios(data.rows, chosen)
+    if ratios:
+        sections.append(grad_norm_markdown(ratios))
+        files["grad_norm.csv"] = grad_norm_csv(ratios)
     images: list[Path] = []
     curves = curve_stats(data.rows, chosen)
     if curves:

@@ -20,7 +20,7 @@ from dt_eva.runs.records import full_task_name
 from dt_eva.runs.results import FIELDS
 
 METRIC_COLUMNS = ("success_any", "success_final", "heldout_loss", "final_loss")
-CURVE_METRICS = ("success_any", "heldout_loss")  # the `<metric>@<step>` columns
+CURVE_METRICS = ("success_any", "success_final", "heldout_loss", "grad_norm")  # the `<metric>@<step>` columns
 REQUIRED = ("name", "status", *FIELDS["finetune"])
 
 

@@ -20,7 +20,8 @@ from dt_eva.runs.records import RunRecord, full_task_name
 
 METRICS: dict[str, str] = {"success_any": "success at any step", "success_final": "success at the final step"}
 # every metric a table can hold (a sweep's results.csv also has the held-out action MSE)
-METRIC_LABELS: dict[str, str] = {**METRICS, "heldout_loss": "held-out action MSE"}
+METRIC_LABELS: dict[str, str] = {**METRICS, "heldout_loss": "held-out action MSE",
+                                  "grad_norm": "gradient norm (before clipping)"}
 
 
 def short_task_name(task: str) -> str:

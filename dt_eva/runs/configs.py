@@ -135,7 +135,8 @@ class FinetuneConfig:
     fine-tuning (null keeps the pre-trained model's). name / run_dir: "" derive them from the
     pre-training run, task, method, rank and seed. export_merged: also write `merged_model.pt`.
     heldout_path: a dataset holding other episodes of the task (e.g. collected with another seed);
-    the action MSE on all of them is logged as `heldout/loss` at every evaluation step.
+    the action MSE on all of them is logged as `heldout/loss` at every evaluation step and, with
+    `train.probe_every` N, every N steps in between (a cheap, low-noise learning curve).
     """
 
     checkpoint: str = ""

@@ -28,7 +28,8 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=@-]{0,199}$")
 # Config keys a resumed run may change: cadence of logs, checkpoints and evaluation, the device, the
 # precision, the progress bar and the merged export. Anything else would make it a different experiment.
 RESUME_MUTABLE_KEYS = (
-    "train.log_every", "train.ckpt_every", "train.eval_every", "train.eval_tasks", "train.eval_episodes",
+    "train.log_every", "train.ckpt_every", "train.eval_every", "train.probe_every", "train.eval_tasks",
+    "train.eval_episodes",
     "train.device", "train.precision", "train.progress", "export_merged",
 )
 

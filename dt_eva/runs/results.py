@@ -3,9 +3,11 @@
 Written by `dt-eva sweep` (`ResultsTable`, from the run directories) and read by `dt-eva report`. The
 columns: name, status (done | failed | pending), the grid keys that are not below, the settings of
 `FIELDS[kind]`, then final_loss, heldout_loss, success_any, success_final, episodes (per task, of the
-final evaluation), `success_any@<step>` and `heldout_loss@<step>` for every evaluated step, total_rank,
-adapter_ranks (JSON), eva_init_seconds, seconds (training, evaluations included; EVA init not), error,
-config_hash (`dt_eva.runs.guard.config_hash` of the run's config), run_dir.
+final evaluation), `success_any@<step>`, `success_final@<step>`, `heldout_loss@<step>` for every evaluated
+(or probed) step and `grad_norm@<step>` for every logged step (the mean over the steps since the last log),
+total_rank, adapter_ranks (JSON), eva_init_seconds, seconds (training, evaluations included; EVA init not),
+eval_seconds (the evaluations' and probes' share of seconds), error, config_hash
+(`dt_eva.runs.guard.config_hash` of the run's config), run_dir.
 
 `results.csv` is what a study commits (its run directories are not): a run whose directory is gone but
 whose row is `done` with the same `config_hash` counts as finished (`committed_results`), so a sweep
@@ -33,7 +35,11 @@ FIELDS = {
     "pretrain": {"seed": "seed", "lr": "optim.lr", "steps": "train.steps", "batch_size": "train.batch_size"},
 }
 MEASURED = ("final_loss", "heldout_loss", "success_any", "success_final", "episodes")
-TAIL = ("total_rank", "adapter_ranks", "eva_init_seconds", "seconds", "error", "config_hash", "run_dir")
+TAIL = ("total_rank", "adapter_ranks", "eva_init_seconds", "seconds", "eval_seconds", "error", "config_hash",
+        "run_dir")
+# metrics.jsonl key -> results.csv column prefix: one `<prefix>@<step>` column per step that logged it
+CURVES = (("eval/success_any", "success_any"), ("eval/success_final", "success_final"),
+          ("heldout/loss", "heldout_loss"), ("grad_norm", "grad_norm"))
 
 
 class SweepRunLike(Protocol):
@@ -112,12 +118,15 @@ def read_run_results(run_dir: str | Path) -> dict[str, Any]:
     by_step: dict[int, dict[str, Any]] = {}
     for record in read_metrics(paths.metrics):  # a resumed run logs some steps twice: the later line wins
         by_step.setdefault(int(record["step"]), {}).update(record)
+    eval_seconds = 0.0
     for step in sorted(by_step):
-        for key, column in (("eval/success_any", "success_any"), ("heldout/loss", "heldout_loss")):
+        for key, column in CURVES:
             if key in by_step[step]:
                 out[f"{column}@{step}"] = by_step[step][key]
                 if column == "heldout_loss":
                     out["heldout_loss"] = by_step[step][key]  # the last step that has it
+        eval_seconds += sum(float(by_step[step].get(k, 0.0)) for k in ("eval/seconds", "probe/seconds"))
+    out["eval_seconds"] = eval_seconds if eval_seconds > 0 else None
     return out
 
 

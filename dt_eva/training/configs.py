@@ -65,6 +65,7 @@ class TrainConfig:
     log_every: int = 100  # metrics.jsonl + TensorBoard every N steps (loss averaged over them)
     ckpt_every: int = 10_000  # checkpoints/last.pt every N steps (and at the end, and on Ctrl-C)
     eval_every: int = 0  # online evaluation every N steps and at the end; 0 = never
+    probe_every: int = 0  # the cheap offline probe (e.g. the held-out loss) every N steps; 0 = at eval steps only
     eval_tasks: list[str] = field(default_factory=list)
     eval_episodes: int = 10  # episodes per evaluation task
     precision: str = "auto"  # "auto" (bf16 autocast on CUDA with bf16 support, else fp32) | "bf16" | "fp32"
@@ -77,5 +78,7 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.eval_every < 0:
             raise ValueError(f"train.eval_every must be >= 0 (0 = no evaluation), got {self.eval_every}")
+        if self.probe_every < 0:
+            raise ValueError(f"train.probe_every must be >= 0 (0 = only at evaluation steps), got {self.probe_every}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"train.precision must be one of {list(PRECISIONS)}, got {self.precision!r}")

@@ -8,7 +8,8 @@ checkpoints that let an interrupted run continue bit-for-bit (on CPU) from `chec
 What differs between pre-training and the fine-tuning methods is one object, the `Trainable`
 (`WholeModel` for pre-training, `dt_eva.methods.MethodModel` for fine-tuning): the model, its loss,
 what a checkpoint holds of it, an after-step hook and extra checkpoint state. Evaluation comes in as
-one callback, `eval_fn(model, step) -> dict[str, float]`, called every `train.eval_every` steps.
+one callback, `eval_fn(model, step) -> dict[str, float]`, called every `train.eval_every` steps, and an
+optional cheap one, `probe_fn` (e.g. a held-out loss), called every `train.probe_every` steps in between.
 The files the loop writes (`files.last_checkpoint`, `files.metrics`, `files.tensorboard`) come from
 the caller: a `dt_eva.runs.RunPaths`.
 """
@@ -187,6 +188,7 @@ class Trainer:
         *,
         dist: DistContext | None = None,
         eval_fn: Callable[[nn.Module, int], Mapping[str, float]] | None = None,
+        probe_fn: Callable[[nn.Module, int], Mapping[str, float]] | None = None,
         tokens_per_sample: int | None = None,
         find_unused_parameters: bool = False,
         tensorboard: bool = True,
@@ -201,6 +203,7 @@ class Trainer:
         self.files = files
         self.checkpoint_path = Path(files.last_checkpoint)
         self.eval_fn = eval_fn
+        self.probe_fn = probe_fn
         self.tokens_per_sample = tokens_per_sample
         self.tensorboard = tensorboard
         self.autocast_dtype = resolve_precision(train.precision, self.device)
@@ -343,7 +346,10 @@ class Trainer:
         if do_log:
             self._log(window, logger, bar)
         if at_eval_step and self.eval_fn is not None:  # rank 0 only
-            self._last_eval = self._evaluate(step, logger)
+            self._last_eval = self._evaluate(self.eval_fn, step, logger)
+            window.restart_clock()
+        elif cfg.probe_every > 0 and step % cfg.probe_every == 0 and self.probe_fn is not None:
+            self._evaluate(self.probe_fn, step, logger)
             window.restart_clock()
         if do_ckpt or stop:
             self.save_checkpoint()
@@ -406,22 +412,26 @@ class Trainer:
 
     def evaluate(self, step: int) -> dict[str, float]:
         """Run the evaluation callback now (rank 0; eval mode, its own RNG), without logging it."""
-        return self._evaluate(step, None)
+        return self._evaluate(self.eval_fn, step, None) if self.eval_fn is not None else {}
 
-    def _evaluate(self, step: int, logger: MetricsLogger | None) -> dict[str, float]:
-        """Rank 0 runs `eval_fn` in eval mode with its own RNG, so training randomness is unaffected."""
+    def _evaluate(self, fn: Callable[[nn.Module, int], Mapping[str, float]], step: int,
+                  logger: MetricsLogger | None) -> dict[str, float]:
+        """Rank 0 runs `fn` (`eval_fn` or `probe_fn`) in eval mode with its own RNG, so training randomness
+        is unaffected. Its wall time is logged beside its results (`eval/seconds` or `probe/seconds`)."""
         result: dict[str, float] = {}
-        if self.dist.is_main and self.eval_fn is not None:
+        if self.dist.is_main:
             rng = capture_rng_state()
             self.model.eval()
+            started = time.perf_counter()
             try:
                 with torch.no_grad():
-                    result = {k: float(v) for k, v in self.eval_fn(self.model, step).items()}
+                    result = {k: float(v) for k, v in fn(self.model, step).items()}
             finally:
                 self.model.train()
                 restore_rng_state(rng)
             if logger is not None and result:
-                logger.log(step, result)
+                timing = "eval/seconds" if fn is self.eval_fn else "probe/seconds"
+                logger.log(step, {**result, timing: time.perf_counter() - started})
         return result
 
     def _elapsed(self) -> float:
