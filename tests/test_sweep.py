@@ -194,6 +194,11 @@ def test_sweep_runs_records_a_failure_and_skips_finished_runs(ws, capsys):
     assert main(["sweep", str(sweep), "--jobs", "2", "--no-progress"]) == 1  # only the failing run runs again
     assert {p: p.stat().st_mtime_ns for p in models} == models
     assert read_results(ws / "sweeps/t/results.csv").keys() == results.keys()
+    shutil.rmtree(ws / "sweeps/t/runs")  # a fresh clone: only the committed results.csv is left
+    capsys.readouterr()
+    assert main(["sweep", str(sweep), "--dry-run"]) == 0
+    plan = capsys.readouterr().out
+    assert "2 done" in plan and "ms per update, measured on 2 finished run(s)" in plan
 
 
 @pytest.mark.slow

@@ -54,8 +54,9 @@ def run(args: argparse.Namespace) -> int:
 def print_plan(plan) -> int:
     """One line per run (name, status, updates left, estimated training time) and the totals."""
     from dt_eva.experiments.sweep import format_duration, step_seconds, steps_left
+    from dt_eva.runs.results import RESULTS, committed_results
 
-    per_step, measured = step_seconds(plan.runs)
+    per_step, measured = step_seconds(plan.runs, committed_results(plan.spec.out / RESULTS))
     rows = [(r.name, "new" if r.status == "restart" else r.status, steps_left(r)) for r in plan.runs]
     width = max(len(name) for name, _, _ in rows)
     print(f"{'run':<{width}}  {'status':<6}  {'updates':>9}  estimate")
@@ -67,8 +68,8 @@ def print_plan(plan) -> int:
     if per_step is None:
         basis = "unknown: no finished run to measure a step's cost on"
     else:
-        basis = f"{format_duration(total * per_step)} of training ({per_step * 1e3:.3g} ms per update, measured " \
-                f"on {measured} finished run(s); EVA init and evaluation not included)"
+        basis = f"{format_duration(total * per_step)} of one core ({per_step * 1e3:.3g} ms per update, measured " \
+                f"on {measured} finished run(s) with their evaluations; EVA init not included; divide by --jobs)"
     print(f"\n{len(rows)} run(s): {counts['new']} new, {counts['resume']} to resume, {counts['done']} done; "
           f"{total:,} updates left; estimate {basis}. Folder: {plan.spec.out}")
     return 0

@@ -11,14 +11,23 @@ from dt_eva.runs.results import config_value, read_json_object
 from dt_eva.utils.io import read_metrics
 
 
-def step_seconds(runs: list[SweepRun]) -> tuple[float | None, int]:
-    """Training seconds per step measured on the finished runs (summary.json `seconds / steps`, pooled),
-    and how many runs it comes from; (None, 0) when no run has finished."""
+def step_seconds(runs: list[SweepRun], committed: dict[str, dict] | None = None) -> tuple[float | None, int]:
+    """Seconds per step measured on the finished runs (summary.json `seconds / steps`, pooled; evaluations
+    included), and how many runs it comes from; (None, 0) when no run has finished. A finished run whose
+    folder is gone (a fresh clone) counts through its row in `committed` (`committed_results`)."""
     seconds = steps = count = 0
     for run in runs:
         summary = read_json_object(RunPaths(run.run_dir).summary) if run.status == "done" else {}
-        if summary.get("seconds") and summary.get("steps"):
-            seconds, steps, count = seconds + float(summary["seconds"]), steps + int(summary["steps"]), count + 1
+        row = (committed or {}).get(run.name, {}) if run.status == "done" else {}
+        measured = [(summary.get("seconds"), summary.get("steps")), (row.get("seconds"), row.get("steps"))]
+        for run_seconds, run_steps in measured:
+            try:
+                run_seconds, run_steps = float(run_seconds), int(run_steps)
+            except (TypeError, ValueError):
+                continue
+            if run_seconds > 0 and run_steps > 0:
+                seconds, steps, count = seconds + run_seconds, steps + run_steps, count + 1
+                break
     return (seconds / steps if steps else None), count
 
 
