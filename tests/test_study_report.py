@@ -77,7 +77,16 @@ def results(tmp_path) -> Path:
     failed = {"name": "method=fft+task=hammer+seed=0", "method": "fft", "status": "failed",
               "error": "ValueError: non-finite loss 'nan' at step 3"}
     rows.append(row("lora", "hammer", 0, **failed))
+    for seed in (0, 1):  # a sweep still going: runs not run yet
+        rows.append(row("lora", "push", seed, name=f"method=fft+task=push+seed={seed}", method="fft", status="pending"))
     return write_csv(tmp_path / "results.csv", rows)
+
+
+def test_failed_runs_are_listed_with_their_error_and_pending_runs_counted(results, tmp_path):
+    report = build_study_report(results, tmp_path / "out", plots=False)["markdown"]
+    assert ("- `method=fft+task=hammer+seed=0` (failed): ValueError: non-finite loss 'nan' at step 3" in report)
+    assert "- 2 run(s) not run yet (pending), e.g. `method=fft+task=push+seed=0`" in report
+    assert "(pending): no error recorded" not in report
 
 
 def se(xs) -> float:

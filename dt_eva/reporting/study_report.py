@@ -184,6 +184,16 @@ def _sections(data: StudyData, out: Path, plots: bool) -> tuple[list[str], dict[
     return sections, files, images
 
 
+def _excluded_lines(excluded: list[tuple[str, str, str]]) -> list[str]:
+    """Failed runs one by one with their error; runs not yet run (a sweep still going) as one line."""
+    pending = [n for n, s, _ in excluded if s == "pending"]
+    lines = [f"- `{n}` ({s}): {e or 'no error recorded'}" for n, s, e in excluded if s != "pending"]
+    if pending:
+        lines.append(f"- {len(pending)} run(s) not run yet (pending), e.g. `{pending[0]}`: the sweep has not "
+                     "finished; `dt-eva sweep <file>` continues it")
+    return lines
+
+
 def build_study_report(results: PathLike, out_dir: PathLike, plots: bool = True) -> dict[str, Any]:
     """The study report of a sweep's results.csv (or its folder), written to `out_dir` as a whole
     (atomically; `out_dir` must be new, empty or an older report): report.md, a CSV per table,
@@ -202,8 +212,7 @@ def build_study_report(results: PathLike, out_dir: PathLike, plots: bool = True)
             atomic_write_text(tmp / name, text)
         parts = [_REPORT_TITLE + ": study", "", _header(data), ""] + sections
         if data.excluded:
-            parts += ["### Excluded runs", ""] + [f"- `{n}` ({s}): {e or 'no error recorded'}"
-                                                  for n, s, e in data.excluded] + [""]
+            parts += ["### Excluded runs", ""] + _excluded_lines(data.excluded) + [""]
         if warnings:
             parts += ["### Warnings", ""] + [f"- {w}" for w in warnings] + [""]
         if images:

@@ -77,7 +77,7 @@ def build_table(name: str, title: str, metric: str, results: Results, keys: list
     footnotes = _common_footnotes(rows, tasks, metric)
     if metric == "heldout_loss":  # the evaluation-size note is about online episodes, not this metric
         footnotes = footnotes[:-1] + [HELDOUT_NOTE]
-    return Table(name, title, metric, tasks, rows, footnotes + notes, digits=3 if metric == "heldout_loss" else 2,
+    return Table(name, title, metric, tasks, rows, footnotes + notes, digits=4 if metric == "heldout_loss" else 2,
                  reference=reference)
 
 
