@@ -326,3 +326,16 @@ def test_interrupted_report_leaves_no_half_written_folder(legacy, monkeypatch):
     monkeypatch.setattr(curves, "plot_learning_curves", interrupted)
     assert main(["report", str(legacy / "runs"), "--out", str(out)]) == 130
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # the old report, whole
+
+
+def test_json_objects_are_read_missing_or_named_as_corrupt(tmp_path):
+    from dt_eva.utils.io import load_json_object
+
+    assert load_json_object(tmp_path / "none.json") is None
+    (tmp_path / "ok.json").write_text('{"a": 1}')
+    assert load_json_object(tmp_path / "ok.json") == {"a": 1}
+    for name, content, reason in (("cut.json", b'{"a": ', "Expecting value"), ("list.json", b"[1, 2]", "not a JSON object"),
+                                  ("bytes.json", b"\xff\xfe{}", "codec can't decode")):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError, match=rf"{name} is corrupt \(.*{reason}"):
+            load_json_object(tmp_path / name)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from dt_eva.runs.layout import RunPaths
-from dt_eva.utils.io import atomic_write_json
+from dt_eva.utils.io import atomic_write_json, load_json_object
 
 RECORD_FORMAT = 1
 
@@ -211,17 +211,11 @@ def _read_per_task_file(path: Path, problems: list[str]) -> dict[str, Any] | Non
 
 
 def _read_json(path: Path, problems: list[str]) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
     try:
-        obj = json.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, ValueError) as e:  # ValueError: bad UTF-8 or bad JSON
-        problems.append(f"{path} is corrupt ({e}); skipped")
+        return load_json_object(path)
+    except ValueError as e:
+        problems.append(f"{e}; skipped")
         return None
-    if not isinstance(obj, dict):
-        problems.append(f"{path} is corrupt (not a JSON object); skipped")
-        return None
-    return obj
 
 
 def _result_problem(result: Any) -> str | None:

@@ -8,7 +8,6 @@ reported as "missing").
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from dt_eva.methods.registry import METHODS, normalize_method_name
 from dt_eva.runs.evals import largest_eval, read_eval_records
 from dt_eva.runs.layout import CHECKPOINTS, EVA, TENSORBOARD, VIDEOS, RunPaths
 from dt_eva.runs.marker import is_run_dir
+from dt_eva.utils.io import load_json_object
 
 _NOT_RUN_CHILDREN = {TENSORBOARD, CHECKPOINTS, EVA, VIDEOS, "__pycache__"}
 
@@ -133,19 +133,12 @@ def find_run_dirs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> lis
 
 
 def _read_json(path: Path, problems: list[str], corrupt: list[str]) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
     try:
-        obj = json.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, ValueError) as e:  # ValueError: bad UTF-8 or bad JSON
-        problems.append(f"{path} is corrupt ({e})")
+        return load_json_object(path)
+    except ValueError as e:
+        problems.append(str(e))
         corrupt.append(path.name)
         return None
-    if not isinstance(obj, dict):
-        problems.append(f"{path} is corrupt (not a JSON object)")
-        corrupt.append(path.name)
-        return None
-    return obj
 
 
 def _read_config(path: Path, problems: list[str], corrupt: list[str]) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from dt_eva.runs.guard import config_hash
 from dt_eva.runs.layout import RunPaths
-from dt_eva.utils.io import atomic_write_text, read_metrics
+from dt_eva.utils.io import atomic_write_text, load_json_object, read_metrics
 
 RESULTS = "results.csv"  # in the sweep's folder
 # results.csv column -> config key, per kind (the settings a study compares)
@@ -133,10 +133,9 @@ def read_run_results(run_dir: str | Path) -> dict[str, Any]:
 def read_json_object(path: Path) -> dict[str, Any]:
     """The JSON object in `path`; {} when it is missing, unreadable or not an object."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return load_json_object(path) or {}
+    except ValueError:
         return {}
-    return data if isinstance(data, dict) else {}
 
 
 def config_value(cfg: Any, dotted: str) -> Any:

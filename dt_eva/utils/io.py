@@ -92,6 +92,21 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     atomic_save(path, lambda tmp: torch.save(obj, tmp))
 
 
+def load_json_object(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The JSON object in `path`; None when there is no such file. A file that cannot be read, is not
+    UTF-8 JSON or holds something other than an object raises `ValueError("<path> is corrupt (...)")`."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        obj = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError) as e:  # ValueError: bad UTF-8 or bad JSON
+        raise ValueError(f"{path} is corrupt ({e})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} is corrupt (not a JSON object)")
+    return obj
+
+
 def read_metrics(path: str | os.PathLike, problems: list[str] | None = None) -> list[dict[str, Any]]:
     """The records of a run's `metrics.jsonl`: JSON objects with an integer "step".
 
