@@ -210,7 +210,8 @@ def test_eva_ranks_init_time_and_curves(results, tmp_path):
     assert float(curves[("success_any", "lora", "2")]["mean"]) == pytest.approx(np.mean(lora_any) / 2)
     assert float(curves[("heldout_loss", "eva", "4")]["se"]) == pytest.approx(
         se([v[2] for (m, _, _), v in VALUES.items() if m == "eva"]), rel=1e-5)
-    for png in ("curves/success_any.png", "curves/heldout_loss.png", "heatmaps/eva-mean-ranks.png"):
+    for png in ("curves/success_any.png", "curves/heldout_loss.png", "curves/difference_heldout_loss.png",
+                "curves/grad_norm.png", "heatmaps/eva-mean-ranks.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG" and str(out / png) in report["files"]
 
 
@@ -281,5 +282,6 @@ def test_report_of_a_real_tiny_sweep(tmp_path, monkeypatch):
               ("eva", "lora", "heldout_loss")]
     assert diff["pairs"] == "2" and diff["resolved"] == "False"  # two pairs: too few to judge
     assert {p.name for p in (tmp_path / "rep/curves").iterdir()} == {
-        "success_any.png", "success_final.png", "heldout_loss.png", "grad_norm.png"}
+        "success_any.png", "success_final.png", "heldout_loss.png", "grad_norm.png", "difference_heldout_loss.png",
+        "difference_success_any.png"}
     assert (tmp_path / "rep/heatmaps/eva-mean-ranks.png").is_file()

@@ -8,12 +8,14 @@ import csv
 import io
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 from dt_eva.methods.registry import method_label
 from dt_eva.reporting.paired import COMPARISONS, MIN_PAIRS, Pair, PairedDifference, paired_difference
 from dt_eva.reporting.stats import MeanSE, mean_se
 from dt_eva.reporting.study_rows import StudyKey, StudyRow
 from dt_eva.reporting.tables import METRIC_LABELS
+from dt_eva.utils.io import atomic_path
 
 ALONG_METRICS = ("heldout_loss", "success_any")
 
@@ -65,6 +67,36 @@ def along_budget_csv(diffs: list[tuple[int, PairedDifference]]) -> str:
         writer.writerow([d.a, d.b, d.metric, step, d.n, *(("" if v is None else f"{v:.6g}")
                                                           for v in (d.mean, d.se, d.low, d.high)), d.resolved])
     return text.getvalue()
+
+
+def plot_along_budget(diffs: list[tuple[int, PairedDifference]], metric: str, path: Path) -> Path:
+    """The paired difference of `metric` against updates, one line per comparison, its 95 % bootstrap
+    interval as a band, and zero marked: where the band leaves zero the study resolves a difference."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for a, b in dict.fromkeys((d.a, d.b) for _, d in diffs if d.metric == metric):
+        points = [(step, d) for step, d in diffs if (d.a, d.b, d.metric) == (a, b, metric) and d.mean is not None]
+        steps = [s for s, _ in points]
+        line, = ax.plot(steps, [d.mean for _, d in points], marker="o", markersize=3,
+                        label=f"{method_label(a)} − {method_label(b)}")
+        banded = [(s, d) for s, d in points if d.low is not None]
+        ax.fill_between([s for s, _ in banded], [d.low for _, d in banded], [d.high for _, d in banded],
+                        color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xlabel("updates")
+    ax.set_ylabel(f"difference in {METRIC_LABELS[metric]}")
+    ax.set_title(f"Paired difference in {METRIC_LABELS[metric]} (mean over (task, seed), 95 % bootstrap)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    return path
 
 
 @dataclass

@@ -28,6 +28,7 @@ from dt_eva.reporting.study_dynamics import (
     grad_norm_csv,
     grad_norm_markdown,
     grad_norm_ratios,
+    plot_along_budget,
 )
 from dt_eva.reporting.study_ranks import eva_rows, init_time_table, rank_csv, rank_markdown, rank_summary
 from dt_eva.reporting.study_rows import StudyData, StudyKey, StudyRow, read_study
@@ -162,6 +163,9 @@ def _sections(data: StudyData, out: Path, plots: bool) -> tuple[list[str], dict[
         sections.append(grad_norm_markdown(ratios))
         files["grad_norm.csv"] = grad_norm_csv(ratios)
     images: list[Path] = []
+    if steps and plots:
+        images += [plot_along_budget(steps, metric, out / "curves" / f"difference_{metric}.png")
+                   for metric in dict.fromkeys(d.metric for _, d in steps)]
     curves = curve_stats(data.rows, chosen)
     if curves:
         files["curves.csv"] = curves_csv(curves)

@@ -64,7 +64,8 @@ def _sort_key(key: StudyKey) -> tuple:
 
 
 def _lr_varies(keys: list[StudyKey]) -> bool:
-    return any(len({k.lr for k in keys if k.method == m}) > 1 for m in {k.method for k in keys})
+    """Show each row's learning rate when the table's configurations do not all share one."""
+    return len({k.lr for k in keys}) > 1
 
 
 def build_table(name: str, title: str, metric: str, results: Results, keys: list[StudyKey],
