@@ -285,3 +285,27 @@ def test_report_of_a_real_tiny_sweep(tmp_path, monkeypatch):
         "success_any.png", "success_final.png", "heldout_loss.png", "grad_norm.png", "difference_heldout_loss.png",
         "difference_success_any.png"}
     assert (tmp_path / "rep/heatmaps/eva-mean-ranks.png").is_file()
+
+
+def test_task_level_bootstrap_resamples_tasks_then_seeds(results, tmp_path):
+    """Checked against a plain loop that draws the tasks, then each drawn task's seeds, with the documented
+    calls of numpy's generator."""
+    build_study_report(results, tmp_path / "out", plots=False)
+    got = {(r["metric"]): r for r in read_csv(tmp_path / "out/comparisons.csv")}
+    pairs = sorted((t, s) for (m, t, s) in VALUES if m == "eva")
+    for metric, i in (("success_any", 0), ("heldout_loss", 2)):
+        groups = [np.array([VALUES[("eva", t, s)][i] - VALUES[("lora", t, s)][i] for tt, s in pairs if tt == t])
+                  for t in sorted({t for t, _ in pairs})]  # hammer: 2 seeds, push: 3
+        rng = np.random.default_rng(0)
+        tasks = rng.integers(0, len(groups), size=(10_000, len(groups)))
+        widest = max(len(g) for g in groups)
+        drawn: list[list[float]] = [[] for _ in range(10_000)]
+        for j in range(len(groups)):
+            u = rng.random((10_000, widest))
+            for r in range(10_000):
+                group = groups[tasks[r, j]]
+                drawn[r] += [group[int(np.floor(u[r, k] * len(group)))] for k in range(len(group))]
+        low, high = np.percentile([np.mean(d) for d in drawn], [2.5, 97.5])
+        row = got[metric]
+        assert (float(row["task_ci_low"]), float(row["task_ci_high"])) == pytest.approx((low, high), rel=1e-5)
+        assert row["task_resolved"] == str(row["resolved"] == "True" and (low > 0 or high < 0))

@@ -46,14 +46,14 @@ def along_budget(rows: list[StudyRow], chosen: dict[str, StudyKey]) -> list[tupl
 
 def along_budget_markdown(diffs: list[tuple[int, PairedDifference]]) -> str:
     lines = ["### Paired differences along the budget", "",
-             "| Comparison | Metric | Update | Pairs | Mean difference | 95 % bootstrap interval | Verdict |",
-             "|---|---|--:|:-:|:-:|:-:|---|"]
+             ("| Comparison | Metric | Update | Pairs | Mean difference | 95 % bootstrap interval | Task-level interval "
+              "| Verdict |"), "|---|---|--:|:-:|:-:|:-:|:-:|---|"]
     for step, d in diffs:
         digits = 4 if d.metric == "heldout_loss" else 3
         mean = "-" if d.mean is None else f"{d.mean:+.{digits}f}"
         interval = "-" if d.low is None else f"[{d.low:+.{digits}f}, {d.high:+.{digits}f}]"
         lines.append(f"| {method_label(d.a)} − {method_label(d.b)} | {METRIC_LABELS[d.metric]} | {step} | {d.n} | "
-                     f"{mean} | {interval} | {d.verdict()} |")
+                     f"{mean} | {interval} | {d.task_interval(digits)} | {d.verdict()} |")
     lines += ["", ("The same paired bootstrap as above, at each evaluated (or probed) update. A method that "
                    "learns faster shows a difference early in the budget that shrinks later.")]
     return "\n".join(lines) + "\n"
@@ -62,10 +62,12 @@ def along_budget_markdown(diffs: list[tuple[int, PairedDifference]]) -> str:
 def along_budget_csv(diffs: list[tuple[int, PairedDifference]]) -> str:
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["a", "b", "metric", "step", "pairs", "mean", "se", "ci_low", "ci_high", "resolved"])
+    writer.writerow(["a", "b", "metric", "step", "pairs", "mean", "se", "ci_low", "ci_high", "resolved",
+                     "task_ci_low", "task_ci_high", "task_resolved"])
     for step, d in diffs:
         writer.writerow([d.a, d.b, d.metric, step, d.n, *(("" if v is None else f"{v:.6g}")
-                                                          for v in (d.mean, d.se, d.low, d.high)), d.resolved])
+                                                          for v in (d.mean, d.se, d.low, d.high)), d.resolved,
+                         *("" if v is None else f"{v:.6g}" for v in (d.task_low, d.task_high)), d.task_resolved])
     return text.getvalue()
 
 
