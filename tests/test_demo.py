@@ -15,6 +15,7 @@ from dt_eva.cli import main
 from dt_eva.config import config_diff, load_config, save_config
 from dt_eva.experiments.demo import (
     STUDY_LINE,
+    STUDY_VERDICT,
     DemoPaths,
     DemoSettings,
     finetune_config,
@@ -94,7 +95,7 @@ def _check_summary_against_records(result: dict, workdir: Path, task: str) -> No
         assert len(mse) == 2 and all(m > 0 for m in mse)
         se = float(np.std(mse, ddof=1) / math.sqrt(2))
         assert f"{np.mean(mse):.4f} ± {se:.4f}" in result["summary"]
-    assert STUDY_LINE in result["summary"]
+    assert STUDY_LINE in result["summary"] and STUDY_VERDICT in result["summary"]
 
 
 @pytest.mark.slow
