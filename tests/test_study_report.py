@@ -171,6 +171,11 @@ def test_ranks_table19_and_every_configuration(tmp_path):
     table6 = {r["method"]: r["config"] for r in read_csv(out / "table6_success_any.csv")}
     assert table6 == {"lora": "r=2, eva.adjust_alpha=false", "eva": "r=2, rho=2, eva.adjust_alpha=true"}
     assert len(read_csv(out / "configs_success_any.csv")) == 5
+    # the sweep varies a key besides the learning rate: every configuration gets its curve
+    labels = {r["config"] for r in read_csv(out / "curves.csv")}
+    assert labels == {"LoRA, r=2, eva.adjust_alpha=false", "EVA, r=2, rho=2, eva.adjust_alpha=false",
+                      "EVA, r=2, rho=2, eva.adjust_alpha=true", "LoRA, r=4, eva.adjust_alpha=false",
+                      "EVA, r=4, rho=2, eva.adjust_alpha=false"}
 
 
 def test_differences_along_the_budget_and_the_gradient_norm_ratio(results, tmp_path):
@@ -205,10 +210,10 @@ def test_eva_ranks_init_time_and_curves(results, tmp_path):
     assert float(ranks[("0", "attn.qkv")]["max_task_mean"]) == pytest.approx(4.0)  # push: (4 + 2 + 6) / 3
     [init] = read_csv(out / "eva_init_time.csv")
     assert float(init["share_mean"]) == pytest.approx(10 / 50) and init["runs"] == "5"
-    curves = {(r["metric"], r["method"], r["step"]): r for r in read_csv(out / "curves.csv")}
+    curves = {(r["metric"], r["config"], r["step"]): r for r in read_csv(out / "curves.csv")}
     lora_any = [v[0] for (m, _, _), v in VALUES.items() if m == "lora"]
-    assert float(curves[("success_any", "lora", "2")]["mean"]) == pytest.approx(np.mean(lora_any) / 2)
-    assert float(curves[("heldout_loss", "eva", "4")]["se"]) == pytest.approx(
+    assert float(curves[("success_any", "LoRA", "2")]["mean"]) == pytest.approx(np.mean(lora_any) / 2)
+    assert float(curves[("heldout_loss", "EVA", "4")]["se"]) == pytest.approx(
         se([v[2] for (m, _, _), v in VALUES.items() if m == "eva"]), rel=1e-5)
     for png in ("curves/success_any.png", "curves/heldout_loss.png", "curves/difference_heldout_loss.png",
                 "curves/grad_norm.png", "heatmaps/eva-mean-ranks.png"):

@@ -13,35 +13,45 @@ from dt_eva.reporting.study_rows import CURVE_METRICS, StudyKey, StudyRow
 from dt_eva.reporting.tables import METRIC_LABELS
 from dt_eva.utils.io import atomic_path
 
-Curves = dict[str, dict[str, list[tuple[int, MeanSE]]]]  # metric -> method -> [(step, mean ± s.e.)]
+Curves = dict[str, dict[str, list[tuple[int, MeanSE]]]]  # metric -> config label -> [(step, mean ± s.e.)]
 
 
-def curve_stats(rows: list[StudyRow], chosen: dict[str, StudyKey]) -> Curves:
-    """Per metric and method (its chosen configuration), the mean ± s.e. over (task, seed) at each step."""
+def curve_keys(rows: list[StudyRow], chosen: dict[str, StudyKey]) -> dict[str, StudyKey]:
+    """The configurations to draw, by label: each method's chosen one; every configuration instead when
+    the sweep varies a key other than the learning rate (e.g. EVA's variants), since those are what it
+    compares."""
+    keys = sorted({r.key for r in rows}, key=lambda k: (method_sort_key(k.method), k.describe(True)))
+    if not any(k.extra for k in keys):
+        return {method_label(m): chosen[m] for m in sorted(chosen, key=method_sort_key)}
+    return {f"{method_label(k.method)}, {k.describe()}": k for k in keys}
+
+
+def curve_stats(rows: list[StudyRow], keys: dict[str, StudyKey]) -> Curves:
+    """Per metric and configuration (`curve_keys`), the mean ± s.e. over (task, seed) at each step."""
     out: Curves = {}
     for metric in CURVE_METRICS:
-        per_method = {}
-        for method in sorted(chosen, key=method_sort_key):
+        per_label = {}
+        for label, key in keys.items():
             by_step: dict[int, list[float]] = {}
             for row in rows:
-                if row.key == chosen[method]:
+                if row.key == key:
                     for step, value in row.curves[metric].items():
                         by_step.setdefault(step, []).append(value)
             if by_step:
-                per_method[method] = [(s, mean_se(by_step[s])) for s in sorted(by_step)]
-        if per_method:
-            out[metric] = per_method
+                per_label[label] = [(s, mean_se(by_step[s])) for s in sorted(by_step)]
+        if per_label:
+            out[metric] = per_label
     return out
 
 
 def curves_csv(curves: Curves) -> str:
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["metric", "method", "step", "mean", "se", "n"])
-    for metric, per_method in curves.items():
-        for method, points in per_method.items():
+    writer.writerow(["metric", "config", "step", "mean", "se", "n"])
+    for metric, per_label in curves.items():
+        for label, points in per_label.items():
             for step, stat in points:
-                writer.writerow([metric, method, step, f"{stat.mean:.6g}", "" if stat.se is None else f"{stat.se:.6g}",
+                writer.writerow([metric, label, step, f"{stat.mean:.6g}", "" if stat.se is None else f"{stat.se:.6g}",
                                  stat.n])
     return text.getvalue()
 
@@ -54,11 +64,11 @@ def plot_curves(points: dict[str, list[tuple[int, MeanSE]]], metric: str, path: 
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for method, series in points.items():
+    for label, series in points.items():
         steps = [s for s, _ in series]
         means = [m.mean for _, m in series]
         ses = [m.se or 0.0 for _, m in series]
-        line, = ax.plot(steps, means, marker="o", markersize=3, label=method_label(method))
+        line, = ax.plot(steps, means, marker="o", markersize=3, label=label)
         ax.fill_between(steps, [m - e for m, e in zip(means, ses)], [m + e for m, e in zip(means, ses)],
                         color=line.get_color(), alpha=0.15, linewidth=0)
     if metric == "grad_norm":

@@ -20,7 +20,7 @@ from dt_eva.reporting.paired import (
     paired_difference,
 )
 from dt_eva.reporting.report import _REPORT_TITLE, check_out_dir
-from dt_eva.reporting.study_curves import curve_stats, curves_csv, plot_curves
+from dt_eva.reporting.study_curves import curve_keys, curve_stats, curves_csv, plot_curves
 from dt_eva.reporting.study_dynamics import (
     along_budget,
     along_budget_csv,
@@ -170,7 +170,7 @@ def _sections(data: StudyData, out: Path, plots: bool) -> tuple[list[str], dict[
     if steps and plots:
         images += [plot_along_budget(steps, metric, out / "curves" / f"difference_{metric}.png")
                    for metric in dict.fromkeys(d.metric for _, d in steps)]
-    curves = curve_stats(data.rows, chosen)
+    curves = curve_stats(data.rows, curve_keys(data.rows, chosen))
     if curves:
         files["curves.csv"] = curves_csv(curves)
         if plots:
