@@ -75,7 +75,7 @@ def plot_curves(points: dict[str, list[tuple[int, MeanSE]]], metric: str, path: 
         ax.set_yscale("log")
     ax.set_xlabel("updates")
     ax.set_ylabel(METRIC_LABELS[metric])
-    ax.set_title(f"{METRIC_LABELS[metric]} vs updates (mean over tasks and seeds, ± s.e.)", fontsize=10)
+    ax.set_title(f"{METRIC_LABELS[metric]} vs updates (mean over tasks and seeds, ± s.e.)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
