@@ -73,9 +73,17 @@ def plot_curves(points: dict[str, list[tuple[int, MeanSE]]], metric: str, path: 
                         color=line.get_color(), alpha=0.15, linewidth=0)
     if metric == "grad_norm":
         ax.set_yscale("log")
+    return save_updates_figure(fig, ax, METRIC_LABELS[metric],
+                               f"{METRIC_LABELS[metric]} vs updates (mean over tasks and seeds, ± s.e.)", path)
+
+
+def save_updates_figure(fig, ax, ylabel: str, title: str, path: Path) -> Path:
+    """Label an against-updates plot, add its grid and legend, and write it as a PNG atomically."""
+    import matplotlib.pyplot as plt
+
     ax.set_xlabel("updates")
-    ax.set_ylabel(METRIC_LABELS[metric])
-    ax.set_title(f"{METRIC_LABELS[metric]} vs updates (mean over tasks and seeds, ± s.e.)", fontsize=9)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -13,9 +13,9 @@ from pathlib import Path
 from dt_eva.methods.registry import method_label
 from dt_eva.reporting.paired import COMPARISONS, MIN_PAIRS, Pair, PairedDifference, paired_difference
 from dt_eva.reporting.stats import MeanSE, mean_se
+from dt_eva.reporting.study_curves import save_updates_figure
 from dt_eva.reporting.study_rows import StudyKey, StudyRow
 from dt_eva.reporting.tables import METRIC_LABELS
-from dt_eva.utils.io import atomic_path
 
 ALONG_METRICS = ("heldout_loss", "success_any")
 
@@ -89,16 +89,9 @@ def plot_along_budget(diffs: list[tuple[int, PairedDifference]], metric: str, pa
         ax.fill_between([s for s, _ in banded], [d.low for _, d in banded], [d.high for _, d in banded],
                         color=line.get_color(), alpha=0.2, linewidth=0)
     ax.axhline(0.0, color="black", linewidth=0.8)
-    ax.set_xlabel("updates")
-    ax.set_ylabel(f"difference in {METRIC_LABELS[metric]}")
-    ax.set_title(f"Paired difference in {METRIC_LABELS[metric]} (mean over (task, seed), 95 % bootstrap)", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    return path
+    return save_updates_figure(fig, ax, f"difference in {METRIC_LABELS[metric]}",
+                               f"Paired difference in {METRIC_LABELS[metric]} (mean over (task, seed), 95 % bootstrap)",
+                               path)
 
 
 @dataclass
