@@ -400,3 +400,17 @@ def test_low_precision_copy_casts_linear_weights_once_and_leaves_the_model_alone
     assert fast.dtype == torch.bfloat16
     torch.testing.assert_close(fast.float(), autocast_only.float(), rtol=0, atol=1e-6)  # same bf16 math
     torch.testing.assert_close(fast.float(), reference, rtol=0, atol=0.05)
+
+
+def test_auto_precision_evaluates_a_float64_model_in_float64_on_a_bf16_cpu(monkeypatch):
+    # on a CPU with native bf16 "auto" means bf16 autocast, which only lowers fp32 ops: a float64 model
+    # must run as it is (it used to fail with "double != BFloat16" there)
+    from dt_eva.utils import precision as precision_module
+
+    monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: True)
+    model = tiny_dt()
+    kwargs = dict(episodes=1, seed=2, target_returns=900.0, num_envs=1, progress=False)
+    auto = evaluate_policy(model, ["reach"], precision="auto", **kwargs)
+    fp64 = evaluate_policy(model, ["reach"], precision="fp32", **kwargs)
+    assert auto["precision"] == "fp32"
+    assert auto["tasks"] == fp64["tasks"]

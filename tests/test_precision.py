@@ -133,3 +133,15 @@ def test_eva_svd_stays_fp32_under_a_bf16_forward(svd: str) -> None:
     fp32, bf16 = run(None), run(torch.bfloat16)
     torch.testing.assert_close(bf16.singular_values["0"], fp32.singular_values["0"], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(bf16.components["0"], fp32.components["0"], rtol=1e-5, atol=1e-5)
+
+
+def test_auto_runs_a_model_that_is_not_fp32_as_it_is(monkeypatch) -> None:
+    # autocast lowers fp32 ops only: bf16 weights beside a float64 model's float64 inputs would not multiply
+    monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: True)
+    resolve = precision_module.resolve_model_precision
+    assert resolve("auto", CPU, torch.float32) == torch.bfloat16
+    assert resolve("auto", CPU, torch.float64) is None
+    assert resolve("fp32", CPU, torch.float64) is None
+    assert resolve("bf16", CPU, torch.float32) == torch.bfloat16
+    with pytest.raises(ValueError, match=r"precision=bf16 needs a model with fp32 weights.*are float64"):
+        resolve("bf16", CPU, torch.float64)

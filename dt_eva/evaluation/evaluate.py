@@ -35,9 +35,9 @@ from dt_eva.evaluation.env_workers import (
     split_evenly,
     usable_cores,
 )
-from dt_eva.evaluation.rollout import eval_mode, rollout_groups
+from dt_eva.evaluation.rollout import eval_mode, model_device_dtype, rollout_groups
 from dt_eva.evaluation.slots import LayoutEnv, SlotPool, check_eval_seed, episode_layout, task_layouts
-from dt_eva.utils.precision import precision_name, resolve_precision
+from dt_eva.utils.precision import precision_name, resolve_model_precision
 
 #: Lock-step envs when `num_envs` is None: all episodes at once up to this many (each env holds
 #: ~16 MB and costs ~0.25 s to build; beyond a few dozen the batched forward is already amortised).
@@ -109,7 +109,7 @@ def evaluate_policy(
         _check_non_negative_int("env_workers", env_workers)
     check_model_fits_envs(model)
     targets = resolve_target_returns(task_list, target_returns, dataset)
-    autocast_dtype = resolve_precision(precision, device)
+    autocast_dtype = resolve_model_precision(precision, device, model_device_dtype(model)[1])
     workers = 0 if asynchronous else (default_env_workers() if env_workers is None else int(env_workers))
 
     model.to(device)

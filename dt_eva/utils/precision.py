@@ -97,6 +97,24 @@ def resolve_precision(precision: str, device: torch.device | str) -> torch.dtype
     return torch.bfloat16
 
 
+def resolve_model_precision(precision: str, device: torch.device | str, weight_dtype: torch.dtype) -> torch.dtype | None:
+    """`resolve_precision` for a model whose weights are `weight_dtype`.
+
+    Autocast lowers fp32 ops only: it leaves a float64 model's ops in float64, so bf16 weights of a
+    low-precision copy would meet float64 inputs. "auto" therefore runs a model that is not fp32 as it
+    is (None); a forced "bf16" for such a model is an error that names its dtype.
+    """
+    dtype = resolve_precision(precision, device)
+    if dtype is None or weight_dtype == torch.float32:
+        return dtype
+    if precision == "auto":
+        return None
+    raise ValueError(
+        f"precision=bf16 needs a model with fp32 weights (autocast only lowers fp32 ops); this model's weights "
+        f"are {str(weight_dtype).replace('torch.', '')}: use precision=auto or fp32, or pass model.float()"
+    )
+
+
 def _native_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
