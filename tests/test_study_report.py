@@ -23,8 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 LEGACY = REPO / "tests" / "fixtures" / "legacy"
 COLUMNS = ["name", "status", "eva.adjust_alpha", "task", "method", "rank", "rho", "seed", "lr", "steps", "final_loss",
            "heldout_loss", "success_any", "success_final", "episodes", "success_any@2", "success_any@4",
-           "heldout_loss@2", "heldout_loss@4", "grad_norm@1", "grad_norm@2", "total_rank", "adapter_ranks", "eva_init_seconds", "seconds", "error",
-           "run_dir"]
+           "heldout_loss@2", "heldout_loss@4", "grad_norm@1", "grad_norm@2", "total_rank", "adapter_ranks", "eva_init_seconds", "seconds", "precision",
+           "error", "run_dir"]
 # (method, task, seed) -> (success_any, success_final, heldout_loss); EVA has no hammer/seed 2 run
 VALUES = {
     ("lora", "hammer", 0): (0.6, 0.4, 0.050), ("lora", "hammer", 1): (0.8, 0.2, 0.060),
@@ -143,6 +143,8 @@ def test_failed_rows_and_mixed_episode_counts_are_reported(tmp_path):
     rows = [row(m, t, s) for (m, t, s) in VALUES]
     rows[0]["episodes"] = 10
     rows[1].update(status="failed", error="RuntimeError: killed", success_any="")
+    for i, r in enumerate(rows):  # one run on a machine where `precision: auto` meant bf16
+        r["precision"] = "bf16" if i == 3 else ("fp32" if i > 3 else "")
     out = tmp_path / "out"
     report = build_study_report(write_csv(tmp_path / "results.csv", rows), out, plots=False)
     assert report["excluded"] == [("method=lora+task=hammer+seed=1", "failed", "RuntimeError: killed")]
@@ -151,6 +153,8 @@ def test_failed_rows_and_mixed_episode_counts_are_reported(tmp_path):
     assert "evaluations differ in size (10 episode(s) per task: 1 run(s) (e.g. method=lora+task=hammer+seed=0); " \
            "50 episode(s) per task: 9 run(s)" in text
     assert "**Evaluation sizes differ in this table**" in text  # the table's footnote too
+    assert (f"trained at different precisions (bf16: 1 run(s) (e.g. {rows[3]['name']}); fp32: {len(rows) - 4} run(s)"
+            in text), text  # rows from before the precision column (empty) are not counted
     table = {r["method"]: r for r in read_csv(out / "table6_success_any.csv")}
     assert table["lora"]["hammer-v3_n"] == "2"  # the failed run is not averaged in
 

@@ -151,6 +151,7 @@ def test_results_of_a_run_directory_are_read_from_its_files(tmp_path):
     assert (got["success_any@2"], got["success_any@4"]) == (0.0, 1.0)
     assert (got["success_final@2"], got["success_final@4"]) == (0.0, 0.5)
     assert got["eval_seconds"] == 5.0  # two evaluations and two probes
+    assert got["precision"] == summary["precision"] == "fp32"  # what `precision: auto` resolved to
     logged = {r["step"]: r["grad_norm"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
               if "grad_norm" in r}
     assert logged and all(got[f"grad_norm@{step}"] == value for step, value in logged.items())

@@ -126,17 +126,24 @@ def comparisons_csv(diffs: list[PairedDifference]) -> str:
 
 
 def data_warnings(data: StudyData) -> list[str]:
-    """Evaluation sizes that differ between runs, on top of the reader's warnings."""
+    """Evaluation sizes or precisions that differ between runs, on top of the reader's warnings."""
     sizes: dict[int, list[str]] = {}
+    precisions: dict[str, list[str]] = {}
     for row in data.rows:
         if row.episodes is not None:
             sizes.setdefault(row.episodes, []).append(row.name)
+        if row.precision:
+            precisions.setdefault(row.precision, []).append(row.name)
     warnings = list(data.warnings)
     if len(sizes) > 1:
         parts = "; ".join(f"{n} episode(s) per task: {len(names)} run(s) (e.g. {names[0]})"
                           for n, names in sorted(sizes.items()))
         warnings.append(f"the runs' evaluations differ in size ({parts}); success cells that mix them are less "
                         "comparable")
+    if len(precisions) > 1:  # `precision: auto` is bf16 on machines with native bf16 matmuls, fp32 elsewhere
+        parts = "; ".join(f"{p}: {len(names)} run(s) (e.g. {names[0]})" for p, names in sorted(precisions.items()))
+        warnings.append(f"the runs trained at different precisions ({parts}); a difference between runs of two "
+                        "precisions mixes the methods with the arithmetic: pin `train.precision` in the sweep")
     return warnings
 
 

@@ -50,6 +50,7 @@ class StudyRow:
     adapter_ranks: dict[str, int] | None
     eva_init_seconds: float | None
     seconds: float | None
+    precision: str | None = None  # fp32 / bf16; None in tables written before the column existed
 
 
 @dataclass
@@ -128,7 +129,7 @@ def _parse_row(record: dict[str, str], extras: list[str], where: str) -> StudyRo
         raise ValueError(f"{where}: the seed is empty")
     return StudyRow(record["name"], key, full_task_name(record["task"]), int(seed), values, curves,
                     int(episodes) if episodes is not None else None, _ranks(record.get("adapter_ranks"), where),
-                    number("eva_init_seconds"), number("seconds"))
+                    number("eva_init_seconds"), number("seconds"), record.get("precision") or None)
 
 
 def _number(text: str | None, column: str, where: str) -> float | None:

@@ -6,7 +6,8 @@ columns: name, status (done | failed | pending), the grid keys that are not belo
 final evaluation), `success_any@<step>`, `success_final@<step>`, `heldout_loss@<step>` for every evaluated
 (or probed) step and `grad_norm@<step>` for every logged step (the mean over the steps since the last log),
 total_rank, adapter_ranks (JSON), eva_init_seconds, seconds (training, evaluations included; EVA init not),
-eval_seconds (the evaluations' and probes' share of seconds), error, config_hash
+eval_seconds (the evaluations' and probes' share of seconds), precision (what `precision: auto` resolved
+to on the machine that ran it: fp32 or bf16), error, config_hash
 (`dt_eva.runs.guard.config_hash` of the run's config), run_dir.
 
 `results.csv` is what a study commits (its run directories are not): a run whose directory is gone but
@@ -35,8 +36,8 @@ FIELDS = {
     "pretrain": {"seed": "seed", "lr": "optim.lr", "steps": "train.steps", "batch_size": "train.batch_size"},
 }
 MEASURED = ("final_loss", "heldout_loss", "success_any", "success_final", "episodes")
-TAIL = ("total_rank", "adapter_ranks", "eva_init_seconds", "seconds", "eval_seconds", "error", "config_hash",
-        "run_dir")
+TAIL = ("total_rank", "adapter_ranks", "eva_init_seconds", "seconds", "eval_seconds", "precision", "error",
+        "config_hash", "run_dir")
 # metrics.jsonl key -> results.csv column prefix: one `<prefix>@<step>` column per step that logged it
 CURVES = (("eval/success_any", "success_any"), ("eval/success_final", "success_final"),
           ("heldout/loss", "heldout_loss"), ("grad_norm", "grad_norm"))
@@ -113,7 +114,7 @@ def read_run_results(run_dir: str | Path) -> dict[str, Any]:
     out = {"final_loss": summary.get("final_loss"), "seconds": summary.get("seconds"),
            "success_any": mean.get("success_any"), "success_final": mean.get("success_final"),
            "episodes": evaluation.get("episodes"), "total_rank": summary.get("total_rank"),
-           "eva_init_seconds": summary.get("eva_init_seconds"),
+           "eva_init_seconds": summary.get("eva_init_seconds"), "precision": summary.get("precision"),
            "adapter_ranks": json.dumps(ranks, separators=(",", ":")) if ranks else None}
     by_step: dict[int, dict[str, Any]] = {}
     for record in read_metrics(paths.metrics):  # a resumed run logs some steps twice: the later line wins
