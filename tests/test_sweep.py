@@ -4,6 +4,7 @@ results.csv, skipping finished runs, resuming a killed sweep, a failing run, sub
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -18,6 +19,7 @@ import pytest
 import yaml
 
 from dt_eva.cli import main
+from dt_eva.utils.torchfiles import load_checkpoint
 from dt_eva.experiments.sweep import (core_slots, expand, load_configs, load_sweep, parse_minutes, plan_sweep,
                                       read_run_results, run_sweep)
 
@@ -226,6 +228,44 @@ def test_a_killed_sweep_resumes_its_interrupted_run(ws, capsys):
     assert summary["steps"] == 600 and 10 <= summary["resumed_from_step"] < 600
     assert json.loads((run / "meta.json").read_text())["resumed"]
     assert read_results(ws / "sweeps/t/results.csv")["method=lora"]["status"] == "done"
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_sweep_alone_stops_its_runs_with_a_checkpoint(ws):
+    # `kill <sweep>` (a background sweep ignores SIGINT): the run must not go on alone, it checkpoints and stops
+    fixed = {**TINY, "train": {**TINY["train"], "steps": 100_000, "log_every": 10, "ckpt_every": 10}}
+    sweep = write_sweep(ws / "s.yaml", fixed=fixed, grid={"method": ["lora"]})
+    run = ws / "sweeps/t/runs/method=lora"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    err = open(ws / "sweep.err", "wb")  # a file, not a pipe: a process left behind would hold a pipe open
+    proc = subprocess.Popen([sys.executable, "-m", "dt_eva.cli", "sweep", str(sweep), "--no-progress"], cwd=ws,
+                            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "checkpoints/last.pt").is_file() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)  # the sweep's process only, not its runs
+        assert proc.wait(timeout=90) == 130, (ws / "sweep.err").read_text()
+        deadline = time.monotonic() + 30  # the fork server follows its parent out
+        while _session_alive(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _session_alive(proc.pid), "a process of the sweep outlived it"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        err.close()
+    log = (ws / "sweeps/t/logs/method=lora.log").read_text()
+    assert "TrainingInterrupted" in log  # it stopped through its checkpointing path, not killed
+    state = load_checkpoint(run / "checkpoints/last.pt")
+    assert 0 < state["step"] < 100_000 and not (run / "summary.json").is_file()
+
+
+def _session_alive(sid: int) -> bool:
+    try:
+        os.killpg(sid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 @pytest.mark.slow

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,31 +72,51 @@ def run_sweep(path: str | Path, *, jobs: int = 1, launcher: str = "processes", o
 
 def execute(runs: list[SweepRun], spec: SweepSpec, launcher: Any, table: ResultsTable, progress: bool) -> None:
     """Keep `launcher.capacity` runs going until all ended; record each in the table as it ends.
-    Ctrl-C stops the running ones (local runs checkpoint first) and re-raises."""
+    Ctrl-C or SIGTERM stops the running ones (local runs checkpoint first) and re-raises."""
     from tqdm.auto import tqdm
 
     queue, running = list(runs), {}  # running: slot -> (run, handle)
     capacity = launcher.capacity or len(runs)
     bar = tqdm(total=len(runs), desc=f"sweep {spec.path.stem}", unit="run", disable=not progress, dynamic_ncols=True)
+    with _sigterm_as_interrupt():
+        try:
+            while queue or running:
+                batch = [(slot, queue.pop(0)) for slot in range(capacity) if slot not in running and queue]
+                if batch:
+                    handles = launcher.start([_job(spec, run, *launcher.placement(slot)) for slot, run in batch])
+                    running.update({slot: (run, h) for (slot, run), h in zip(batch, handles)})
+                launcher.wait([h for _, h in running.values()], timeout=5.0)
+                for slot, (run, handle) in list(running.items()):
+                    finished, error = launcher.poll(handle)
+                    if finished:
+                        del running[slot]
+                        table.record(run, error)
+                        bar.update(1)
+                        bar.set_postfix(failed=len(table.failed()), refresh=True)
+        except BaseException:
+            launcher.stop([h for _, h in running.values()])
+            raise
+        finally:
+            bar.close()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (`kill`, a scheduler, a session's end) stops the sweep as Ctrl-C does: its runs checkpoint
+    and stop, so that none goes on alone. (A sweep started in the background by a script ignores SIGINT,
+    so SIGTERM is how one stops it.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
     try:
-        while queue or running:
-            batch = [(slot, queue.pop(0)) for slot in range(capacity) if slot not in running and queue]
-            if batch:
-                handles = launcher.start([_job(spec, run, *launcher.placement(slot)) for slot, run in batch])
-                running.update({slot: (run, h) for (slot, run), h in zip(batch, handles)})
-            launcher.wait([h for _, h in running.values()], timeout=5.0)
-            for slot, (run, handle) in list(running.items()):
-                finished, error = launcher.poll(handle)
-                if finished:
-                    del running[slot]
-                    table.record(run, error)
-                    bar.update(1)
-                    bar.set_postfix(failed=len(table.failed()), refresh=True)
-    except BaseException:
-        launcher.stop([h for _, h in running.values()])
-        raise
+        yield
     finally:
-        bar.close()
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _job(spec: SweepSpec, run: SweepRun, cores: tuple[int, ...] | None, threads: int | None) -> RunJob:
