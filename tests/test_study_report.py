@@ -318,3 +318,47 @@ def test_task_level_bootstrap_resamples_tasks_then_seeds(results, tmp_path):
         row = got[metric]
         assert (float(row["task_ci_low"]), float(row["task_ci_high"])) == pytest.approx((low, high), rel=1e-5)
         assert row["task_resolved"] == str(row["resolved"] == "True" and (low > 0 or high < 0))
+
+
+def test_ordering_against_the_paper_matches_scipy_and_a_plain_bootstrap_loop(tmp_path):
+    from scipy.stats import spearmanr
+
+    from dt_eva.reporting.study_ordering import ordering_markdown, ordering_vs_paper
+    from dt_eva.reporting.study_rows import read_study
+    from dt_eva.reporting.study_tables import PAPER_TABLE6_AVG, study_tables
+
+    methods, tasks = ["fft", "lora", "eva", "dora"], ["hammer", "push", "push-wall", "faucet-close", "stick-pull"]
+    rng = np.random.default_rng(3)
+    value = {(m, t, s): round(float(rng.random()), 2) for m in methods for t in tasks for s in (0, 1, 2)}
+    del value[("dora", "push", 2)]  # push: only seeds 0 and 1 are common to every method
+    rows = [row("lora", "hammer", 0, name=f"{m}-{t}-{s}", method=m, task=t, seed=s, success_any=v, heldout_loss=0.1)
+            for (m, t, s), v in value.items()]
+    data = read_study(write_csv(tmp_path / "results.csv", rows))
+    _, chosen = study_tables(data.rows)
+    got = ordering_vs_paper(data.rows, chosen, "success_any", resamples=2_000)
+
+    seeds = {t: [0, 1] if t == "push" else [0, 1, 2] for t in sorted(tasks)}
+    ours = [np.mean([np.mean([value[(m, t, s)] for s in seeds[t]]) for t in seeds]) for m in got.methods]
+    paper = [PAPER_TABLE6_AVG[m] for m in got.methods]
+    assert got.methods == methods and got.tasks == sorted(f"{t}-v3" for t in tasks)
+    assert got.ours == pytest.approx(ours) and got.rho == pytest.approx(spearmanr(ours, paper).statistic)
+
+    draw = np.random.default_rng(0)  # tasks, then each drawn task's seeds, with the same generator calls
+    order = list(seeds)
+    picks = draw.integers(0, len(order), size=(2_000, len(order)))
+    sums = np.zeros((2_000, len(methods)))
+    for j in range(len(order)):
+        u = draw.random((2_000, 3))
+        for r in range(2_000):
+            t = order[picks[r, j]]
+            chosen_seeds = [seeds[t][int(np.floor(u[r, k] * len(seeds[t])))] for k in range(len(seeds[t]))]
+            sums[r] += [np.mean([value[(m, t, s)] for s in chosen_seeds]) for m in methods]
+    rhos = [spearmanr(s / len(order), paper).statistic for s in sums]
+    rhos = [r for r in rhos if not np.isnan(r)]
+    assert got.interval == pytest.approx(tuple(np.percentile(rhos, [2.5, 97.5])))
+    text = ordering_markdown(got)
+    assert f"**{got.rho:+.2f}**" in text and "Paper rank" in text
+
+    # fewer than five tasks: the correlation, but no interval
+    few = [r for r in data.rows if r.task != "stick-pull-v3"]
+    assert "(no interval: 4 task(s), fewer than 5)" in ordering_markdown(ordering_vs_paper(few, chosen))

@@ -30,6 +30,7 @@ from dt_eva.reporting.study_dynamics import (
     grad_norm_ratios,
     plot_along_budget,
 )
+from dt_eva.reporting.study_ordering import ordering_markdown, ordering_vs_paper
 from dt_eva.reporting.study_ranks import eva_rows, init_time_table, rank_csv, rank_markdown, rank_summary
 from dt_eva.reporting.study_rows import StudyData, StudyKey, StudyRow, read_study
 from dt_eva.reporting.study_tables import PAPER_TABLE6_AVG, TABLE_METRICS, study_tables
@@ -165,6 +166,10 @@ def _sections(data: StudyData, out: Path, plots: bool) -> tuple[list[str], dict[
     if diffs or not_computed:
         sections.append(comparisons_markdown(diffs, not_computed))
         files["comparisons.csv"] = comparisons_csv(diffs)
+    for metric in ("success_any", "success_final"):
+        ordering = ordering_vs_paper(data.rows, chosen, metric)
+        if ordering is not None:
+            sections.append(ordering_markdown(ordering))
     steps = along_budget(data.rows, chosen)
     if steps:
         sections.append(along_budget_markdown(steps))
