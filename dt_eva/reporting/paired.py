@@ -103,21 +103,30 @@ def bootstrap_interval(diffs: np.ndarray, resamples: int = RESAMPLES, seed: int 
     return float(low), float(high)
 
 
+def resample_tasks_then_seeds(sizes: np.ndarray, resamples: int, seed: int):
+    """The two-level bootstrap's draws, one task slot at a time: for slot j of every resample, the drawn task
+    (shape [resamples]), the drawn seed indices within it ([resamples, max(sizes)]) and which of those count
+    ([resamples, max(sizes)]: a drawn task keeps its own number of seeds). `sizes[t]`: task t's seeds."""
+    rng = np.random.default_rng(seed)
+    n_tasks, width = len(sizes), int(sizes.max())
+    tasks = rng.integers(0, n_tasks, size=(resamples, n_tasks))
+    for j in range(n_tasks):
+        task = tasks[:, j]
+        n = sizes[task][:, None]
+        picked = np.floor(rng.random((resamples, width)) * n).astype(int)
+        yield task, picked, np.arange(width)[None, :] < n
+
+
 def task_bootstrap_interval(diffs_by_task: list[np.ndarray], resamples: int = RESAMPLES, seed: int = BOOTSTRAP_SEED,
                             level: float = 0.95) -> tuple[float, float]:
     """Bootstrap interval of the mean difference resampling tasks, then seeds within each drawn task."""
-    n_tasks, sizes = len(diffs_by_task), np.array([len(d) for d in diffs_by_task])
-    padded = np.zeros((n_tasks, sizes.max()))
+    sizes = np.array([len(d) for d in diffs_by_task])
+    padded = np.zeros((len(diffs_by_task), sizes.max()))
     for i, d in enumerate(diffs_by_task):
         padded[i, :len(d)] = d
-    rng = np.random.default_rng(seed)
-    tasks = rng.integers(0, n_tasks, size=(resamples, n_tasks))
     total, count = np.zeros(resamples), np.zeros(resamples)
-    for j in range(n_tasks):
-        n = sizes[tasks[:, j]][:, None]
-        seeds = np.floor(rng.random((resamples, sizes.max())) * n).astype(int)
-        used = np.arange(sizes.max())[None, :] < n
-        total += np.where(used, padded[tasks[:, j][:, None], seeds], 0.0).sum(axis=1)
+    for task, picked, used in resample_tasks_then_seeds(sizes, resamples, seed):
+        total += np.where(used, padded[task[:, None], picked], 0.0).sum(axis=1)
         count += used.sum(axis=1)
     tail = 100 * (1 - level) / 2
     low, high = np.percentile(total / count, [tail, 100 - tail])

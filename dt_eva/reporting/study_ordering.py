@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dt_eva.methods.registry import method_label, method_sort_key
-from dt_eva.reporting.paired import BOOTSTRAP_SEED, RESAMPLES
+from dt_eva.reporting.paired import BOOTSTRAP_SEED, RESAMPLES, resample_tasks_then_seeds
 from dt_eva.reporting.study_rows import StudyKey, StudyRow
 from dt_eva.reporting.study_tables import PAPER_TABLE6_AVG, config_results
 from dt_eva.reporting.tables import METRIC_LABELS
@@ -86,17 +86,11 @@ def ordering_vs_paper(rows: list[StudyRow], chosen: dict[str, StudyKey], metric:
 
 def _bootstrap_averages(values: np.ndarray, sizes: np.ndarray, resamples: int, seed: int) -> np.ndarray:
     """method x resample: the average over resampled tasks of each task's mean over its resampled seeds."""
-    n_methods, n_tasks, width = values.shape
-    rng = np.random.default_rng(seed)
-    tasks = rng.integers(0, n_tasks, size=(resamples, n_tasks))
-    total = np.zeros((n_methods, resamples))
-    for j in range(n_tasks):
-        task, n = tasks[:, j], sizes[tasks[:, j]][:, None]
-        picked = np.floor(rng.random((resamples, width)) * n).astype(int)
-        used = np.arange(width)[None, :] < n
-        cells = values[:, task[:, None], picked]  # method x resample x width
-        total += np.where(used[None], cells, 0.0).sum(axis=2) / n[:, 0][None]
-    return total / n_tasks
+    total = np.zeros((values.shape[0], resamples))
+    for task, picked, used in resample_tasks_then_seeds(sizes, resamples, seed):
+        cells = values[:, task[:, None], picked]  # method x resample x seed slot
+        total += np.where(used[None], cells, 0.0).sum(axis=2) / used.sum(axis=1)[None]
+    return total / len(sizes)
 
 
 def ordering_markdown(o: Ordering) -> str:
