@@ -17,7 +17,7 @@ from pathlib import Path
 from dt_eva.methods.registry import METHODS, normalize_method_name
 from dt_eva.reporting.tables import ConfigKey
 from dt_eva.runs.records import full_task_name
-from dt_eva.runs.results import FIELDS
+from dt_eva.runs.results import FIELD_LIMIT, FIELDS, row_problem
 
 METRIC_COLUMNS = ("success_any", "success_final", "heldout_loss", "final_loss")
 CURVE_METRICS = ("success_any", "success_final", "heldout_loss", "grad_norm")  # the `<metric>@<step>` columns
@@ -68,9 +68,15 @@ def read_study(path: str | Path) -> StudyData:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; pass a sweep's folder or its results.csv "
                                 "(written by `dt-eva sweep`)")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        header, records = list(reader.fieldnames or []), list(reader)
+    limit = csv.field_size_limit(max(csv.field_size_limit(), FIELD_LIMIT))
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            header, records = list(reader.fieldnames or []), list(reader)
+    except csv.Error as e:
+        raise ValueError(f"{path}, line {reader.line_num}: {e}; fix or delete that row") from None
+    finally:
+        csv.field_size_limit(limit)
     missing = [c for c in REQUIRED if c not in header]
     if missing:
         kind = " (this looks like a pre-training sweep)" if "task" not in header and "seed" in header else ""
@@ -83,7 +89,11 @@ def read_study(path: str | Path) -> StudyData:
         if record["status"] != "done":
             data.excluded.append((record["name"], record["status"], record.get("error") or ""))
             continue
-        row = _parse_row(record, extras, f"{path}, line {i} ({record['name']})")
+        where = f"{path}, line {i} ({record['name']})"
+        problem = row_problem(record)  # e.g. a success of 7.5 or a seed of 1.5
+        if problem:
+            raise ValueError(f"{where}: {problem}; fix or delete that row")
+        row = _parse_row(record, extras, where)
         slot = (row.key, row.task, row.seed)
         if slot in seen:
             data.warnings.append(f"runs {seen[slot]} and {row.name} have the same configuration, task and seed; "

@@ -111,7 +111,9 @@ def find_run_dirs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> lis
     roots (sorted, no duplicates).
 
     A root is searched recursively; the search does not descend into a run directory nor into
-    hidden directories (atomic-write temporaries start with a dot). A missing path is an error.
+    hidden directories (atomic-write temporaries start with a dot). A symbolic link below a root to a run
+    directory is that run (reports only read it); links to other folders are not followed (no cycles).
+    A missing path is an error.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -129,6 +131,9 @@ def find_run_dirs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> lis
                 dirs[:] = []
                 continue
             dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in _NOT_RUN_CHILDREN)
+            # os.walk does not enter linked folders (no cycles); a link to a run is that run
+            found.update({(root_path / d).resolve(): None for d in dirs
+                          if (root_path / d).is_symlink() and is_run_dir(root_path / d)})
     return sorted(found)
 
 

@@ -1,0 +1,110 @@
+"""The sweep's folder (`out:`): only a folder dt-eva marked as a sweep of this sweep file is written into.
+
+`<out>/.dt-eva-sweep.json` marks it (`{"package": "dt-eva", "kind": "sweep", "sweep": <the sweep file>,
+"created"}`), as `meta.json` marks a run. Before anything in it is replaced:
+- a new or empty folder is ours;
+- a marked folder is ours for the sweep file it records, and for any file whose settings equal those of
+  its `sweep.yaml` (a copy, or the file moved); another sweep file is refused, naming both;
+- an unmarked folder (a sweep of dt-eva before the marker, e.g. a study's committed `results.csv` in a
+  fresh clone) is ours only when its `sweep.yaml` holds the same settings as the sweep file (comments
+  aside); anything else (a user's `results.csv`, another sweep's folder) is refused, naming it.
+`<out>/.dt-eva.lock` (fcntl, as a run's) is held for the life of a sweep: a second sweep on the same folder
+is refused, naming the process that holds it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dt_eva.experiments.sweep.spec import SweepSpec
+from dt_eva.runs.layout import LOCK, PACKAGE
+from dt_eva.runs.lock import RunLock
+from dt_eva.utils.io import atomic_write_json, atomic_write_text
+from dt_eva.utils.safefs import naming_disk_errors
+
+MARKER = ".dt-eva-sweep.json"
+SWEEP_COPY = "sweep.yaml"  # the sweep file that made the table, beside it
+
+
+def check_sweep_folder(spec: SweepSpec) -> str:
+    """Side-effect free: "new" (nothing of a sweep there yet) or "ours"; a `ValueError` naming the folder
+    and what to do when it belongs to someone else or to another sweep file."""
+    out = spec.out
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{spec.path}: the sweep's folder {out} exists and is not a folder; give another out:")
+    entries = [p.name for p in out.iterdir() if p.name != LOCK] if out.is_dir() else []
+    if not entries:
+        return "new"
+    marker = _read_marker(out)
+    copy = _settings(out / SWEEP_COPY)
+    if marker is not None:
+        recorded = Path(str(marker.get("sweep", "")))
+        if _same_file(recorded, spec.path) or (copy is not None and copy == _settings(spec.path)):
+            return "ours"
+        raise ValueError(f"{out} is the folder of another sweep ({recorded}, its settings in {out / SWEEP_COPY}), "
+                         f"not of {spec.path}; give {spec.path} another out: (or --out) so that neither table "
+                         "loses rows")
+    if copy is not None and copy == _settings(spec.path):
+        return "ours"  # a sweep of dt-eva before the marker (a study's committed folder)
+    why = (f"its {SWEEP_COPY} holds other settings than {spec.path}" if copy is not None
+           else f"it holds {', '.join(sorted(entries)[:3])}{' ...' if len(entries) > 3 else ''} and no dt-eva sweep")
+    raise ValueError(f"{out} is not empty and is not a dt-eva sweep folder of {spec.path} ({why}); refusing to "
+                     "write into it. Give the sweep another out: (or --out)")
+
+
+def open_sweep_folder(spec: SweepSpec) -> RunLock:
+    """Create, lock and mark the sweep's folder (after every check), and copy the sweep file beside the table.
+    The caller releases the returned lock when the sweep ends."""
+    with naming_disk_errors(spec.out):
+        spec.out.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(spec.out, what="sweep folder", hint=f"give {spec.path} another out: (or --out)").acquire()
+    try:
+        check_sweep_folder(spec)  # again, under the lock: another sweep may have been faster
+        if _read_marker(spec.out) is None:
+            now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+            _write(spec.out / MARKER, lambda p: atomic_write_json(p, {"package": PACKAGE, "kind": "sweep",
+                                                                      "sweep": str(spec.path), "created": now}))
+        text = spec.path.read_text(encoding="utf-8")
+        _write(spec.out / SWEEP_COPY, lambda p: atomic_write_text(p, text))  # what made the table
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _write(path: Path, write: Any) -> None:
+    with naming_disk_errors(path):
+        write(path)
+
+
+def _read_marker(out: Path) -> dict[str, Any] | None:
+    try:
+        marker = json.loads((out / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(marker, dict) and marker.get("package") == PACKAGE and marker.get("kind") == "sweep"
+    return marker if ok else None
+
+
+def _settings(path: Path) -> Any:
+    """A sweep file's settings as data (comments and layout aside; `out` too: `--out` may move a sweep);
+    None when it is missing or unreadable."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError, RecursionError):
+        return None
+    if isinstance(data, dict):
+        data.pop("out", None)
+    return data
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
