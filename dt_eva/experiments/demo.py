@@ -58,10 +58,10 @@ Z_95 = 1.959963984540054  # two-sided 95 % normal quantile
 STUDY_LINE = ("This is one small comparison (one task, one seed, one budget); the CW10 study (docs/results.md) "
               "is where methods are compared with several seeds and tasks.")
 # The study's verdict so far, in one line (docs/results.md, "Verdict"; update it with the study).
-STUDY_VERDICT = ("CW10 study (8 methods, 5 tasks x 3 seeds, 1,000 updates, each at its validated rate): "
+STUDY_VERDICT = ("CW10 study I (8 methods, 5 tasks x 3 seeds, 1,000 updates, each at its validated rate): "
                  "success differences EVA - LoRA +0.04 [-0.02, +0.12], EVA+DoRA - DoRA +0.03 [-0.02, +0.11], "
-                 "EVA - FFT +0.02 [-0.05, +0.10], none resolved; held-out action MSE 0.5 % lower with EVA "
-                 "(resolved over (task, seed) pairs, not across tasks); EVA's first gradients are 4x LoRA's.")
+                 "EVA - FFT +0.02 [-0.05, +0.10], none resolved (the design detects 0.10); study II "
+                 "(96 pairs, powered for 0.04) is under way: docs/results.md.")
 
 
 # --- settings and paths ----------------------------------------------------------------------------
