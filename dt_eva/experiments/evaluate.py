@@ -53,17 +53,7 @@ def evaluate_run(
     if given, else each task's maximum return in the run's training dataset.
     """
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(
-            f"run directory {run_dir} does not exist; train a model first with `dt-eva pretrain` "
-            "or `dt-eva finetune` (or check the --run path)"
-        )
-    paths = RunPaths(run_dir)
-    if not paths.model.is_file() and not paths.last_checkpoint.is_file():
-        raise FileNotFoundError(
-            f"{run_dir} holds no weights (neither model.pt nor checkpoints/last.pt); run or resume its "
-            "training first (`dt-eva pretrain` / `dt-eva finetune`)"
-        )
+    paths = _check_run_dir(run_dir)
     task_list = resolve_tasks(tasks) if tasks is not None else None  # bad names fail before loading
     _check_writable(run_dir)
 
@@ -91,13 +81,34 @@ def evaluate_run(
         precision=precision,
     )
     result["train_precision"] = trained_at if trained_at in ("fp32", "bf16") else None
+    _save_result(run_dir, result, info)
+    return result
+
+
+def _check_run_dir(run_dir: Path) -> RunPaths:
+    """The run's paths, once it is known to hold weights; else an error saying how to make them."""
+    if not run_dir.is_dir():
+        raise FileNotFoundError(
+            f"run directory {run_dir} does not exist; train a model first with `dt-eva pretrain` "
+            "or `dt-eva finetune` (or check the --run path)"
+        )
+    paths = RunPaths(run_dir)
+    if not paths.model.is_file() and not paths.last_checkpoint.is_file():
+        raise FileNotFoundError(
+            f"{run_dir} holds no weights (neither model.pt nor checkpoints/last.pt); run or resume its "
+            "training first (`dt-eva pretrain` / `dt-eva finetune`)"
+        )
+    return paths
+
+
+def _save_result(run_dir: Path, result: dict[str, Any], info: dict[str, Any]) -> None:
+    """Keep `result` among the run's evaluation records; a failed write names the fallback file."""
     model_info = {"weights": os.path.relpath(info["weights"], run_dir) if info.get("weights") else None,
                   "step": info.get("step")}
     try:
         write_eval_record(run_dir, result, model=model_info)
     except OSError as e:
         raise EvaluationNotSaved(_not_saved_message(run_dir, new_eval_record(result, model_info), e)) from e
-    return result
 
 
 def _trained_precision(paths: RunPaths, info: dict[str, Any]) -> str:
