@@ -135,7 +135,7 @@ BAD_FILES = {
     "missing key": (lambda flat: {k: v for k, v in flat.items() if k != "rewards"}, "missing rewards"),
     "wrong shape": (_bad(actions=lambda f: f["actions"][:, :3]), "'actions': shape [600, 3], expected [600, 4]"),
     "length": (_bad(dones=lambda f: f["dones"][:-1]), "'dones': shape [599], expected [600]"),
-    "nan": (_bad(observations=_nan_at("observations", 450)), "observations holds NaN or inf (reach-v2.npz, transitions 400..599)"),
+    "nan": (_bad(observations=_nan_at("observations", 450)), "observations holds NaN or inf (window-close-v2.npz, transitions 400..599)"),
     "inf reward": (_bad(rewards=lambda f: np.where(np.arange(600) == 3, np.inf, f["rewards"])), "rewards holds NaN or inf"),
     "actions": (_bad(actions=lambda f: f["actions"] * 3), "actions outside [-1, 1]"),
     "pickle": (_bad(dones=lambda f: f["dones"].astype(object)), "Python objects"),
@@ -147,12 +147,14 @@ def test_bad_files_are_refused_naming_the_file_and_leave_nothing(collected, tmp_
     make, expected = BAD_FILES[kind]
     src = tmp_path / "l2m"
     src.mkdir()
-    arrays = make(_flat(collected, "reach-v3"))
-    np.savez(src / "reach-v2.npz", allow_pickle=True, **arrays) if kind == "pickle" else np.savez(src / "reach-v2.npz", **arrays)
+    np.savez(src / "reach-v2.npz", **_flat(collected, "reach-v3"))  # fine, and converted first
+    bad = src / "window-close-v2.npz"
+    arrays = make(_flat(collected, "window-close-v3"))
+    np.savez(bad, allow_pickle=True, **arrays) if kind == "pickle" else np.savez(bad, **arrays)
     with pytest.raises(ValueError) as e:
         import_l2m(src, tmp_path / "out")
-    assert str(src / "reach-v2.npz") in str(e.value) and expected in str(e.value), str(e.value)
-    assert not (tmp_path / "out").exists() or os.listdir(tmp_path / "out") == []
+    assert str(bad) in str(e.value) and expected in str(e.value), str(e.value)
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_name_that_maps_to_no_task_and_a_missing_task_are_refused(collected, tmp_path):

@@ -220,5 +220,5 @@ def import_l2m(root: str | Path, out: str | Path, tasks: str | Iterable[str] | N
         "returns_to_go": "recomputed from rewards (undiscounted, unscaled)",
         "unknown": "the buffers record no per-step success, action noise or random prefix",
     }
-    sources = (_task_source(t, found[t], drop_short) for t in selected)
+    sources = [_task_source(t, found[t], drop_short) for t in selected]  # keys, shapes, episodes: before any write
     return write_dataset(out, sources, source_meta)

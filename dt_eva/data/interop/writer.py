@@ -46,7 +46,8 @@ class TaskSource:
     """One task of a source, ready to stream.
 
     `batches()` yields dicts of `[b, 200, ...]` arrays (`observations`, `actions`, `rewards` and
-    those of `successes` / `noise` / `random_prefix` the source has; the rest are `unknown`).
+    those of `successes` / `noise` / `random_prefix` the source has; the rest are `unknown`; and
+    optionally `returns_to_go`, else computed from the rewards).
     `origin` names the file or dataset in errors; `locate(e)` says where episode `e` came from.
     `info` goes into `task.json` under "source" (it must identify the input: a re-run with the
     same `info` skips the task).
@@ -96,7 +97,7 @@ def write_task(task_dir: Path, source: TaskSource) -> dict:
         try:
             for batch in source.batches():
                 _check_batch(batch, source, start)
-                batch = {**batch, "returns_to_go": returns_to_go(batch["rewards"])}
+                batch = {**batch, "returns_to_go": _returns_to_go(batch, source, start)}
                 for name, stream in streams.items():
                     stream.write(batch[name])
                 returns[start : start + len(batch["rewards"])] = batch["returns_to_go"][:, 0]
@@ -120,6 +121,19 @@ def write_task(task_dir: Path, source: TaskSource) -> dict:
         atomic_write_json(tmp / TASK_FILE, info)
         read_task_dir(tmp, task=task_dir.name)  # the loader's own checks, before the directory is renamed into place
     return info
+
+
+def _returns_to_go(batch: dict[str, np.ndarray], source: TaskSource, first: int) -> np.ndarray:
+    """Recomputed from the rewards; a source's own (exported by dt-eva: exact float32) kept if it agrees."""
+    computed = returns_to_go(batch["rewards"])
+    given = batch.get("returns_to_go")
+    if given is None:
+        return computed
+    wrong = ~np.isclose(given, computed, rtol=1e-4, atol=1e-3).all(axis=1)
+    if wrong.any():
+        raise SourceError(f"{source.origin}: its returns-to-go are not the reverse cumulative sum of its rewards "
+                          f"({source.locate(first + int(np.argmax(wrong)))})")
+    return np.asarray(given)
 
 
 def _check_batch(batch: dict[str, np.ndarray], source: TaskSource, first: int) -> None:
@@ -147,19 +161,14 @@ def write_dataset(out: str | Path, sources: Iterable[TaskSource], source_meta: d
     is called after each task (progress)."""
     out = Path(out)
     _check_out(out)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    infos: dict[str, dict] = {}
-    for source in sources:
-        if source.task in infos:
-            raise SourceError(f"{source.origin}: a second source for {source.task} (the first was "
-                               f"{infos[source.task]['source'].get('origin')}); keep one per task")
-        infos[source.task] = _existing(out / source.task, source) or write_task(out / source.task, source)
-        if on_task is not None:
-            on_task(source)
-    strays = sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in infos)
-    if strays:
-        raise SourceError(f"{out} holds directories this import did not write ({', '.join(strays)}): "
-                          "import into a new --out, or delete them")
+    try:
+        infos = _write_tasks(out, sources, on_task)
+    except Exception:  # a refusal leaves nothing behind; Ctrl-C / a kill keep finished tasks for the re-run
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     stats = {t: info["stats"] for t, info in infos.items()}
     unknown = sorted({n for info in infos.values() for n in info[UNKNOWN_KEY]})
     metadata = {
@@ -178,6 +187,22 @@ def write_dataset(out: str | Path, sources: Iterable[TaskSource], source_meta: d
     }
     atomic_write_json(out / METADATA_FILE, metadata)
     return metadata
+
+
+def _write_tasks(out: Path, sources: Iterable[TaskSource], on_task: Callable[[TaskSource], None] | None) -> dict[str, dict]:
+    infos: dict[str, dict] = {}
+    for source in sources:
+        if source.task in infos:
+            raise SourceError(f"{source.origin}: a second source for {source.task} (the first was "
+                              f"{infos[source.task]['source'].get('origin')}); keep one per task")
+        infos[source.task] = _existing(out / source.task, source) or write_task(out / source.task, source)
+        if on_task is not None:
+            on_task(source)
+    strays = sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in infos)
+    if strays:
+        raise SourceError(f"{out} holds directories this import did not write ({', '.join(strays)}): "
+                          "import into a new --out, or delete them")
+    return infos
 
 
 def _check_out(out: Path) -> None:
