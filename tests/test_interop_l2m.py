@@ -20,11 +20,9 @@ TASKS = ["reach-v3", "window-close-v3"]
 EPISODES = 3
 
 
-@pytest.fixture(scope="module")
-def collected(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "collected"
-    collect_dataset(out, TASKS, episodes=EPISODES, noise_levels=[0.0, 0.5], seed=0, workers=1, progress=False)
-    return out
+@pytest.fixture
+def collected(collected_reach_window) -> Path:
+    return collected_reach_window  # TASKS x EPISODES, see conftest.py
 
 
 def _flat(collected: Path, task: str) -> dict[str, np.ndarray]:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from dt_eva.cli import main
-from dt_eva.data import collect_dataset, load_dataset
+from dt_eva.data import load_dataset
 from dt_eva.data.format import ARRAY_SPECS
 
 minari = pytest.importorskip("minari")
@@ -26,11 +26,9 @@ TASKS = ["reach-v3", "window-close-v3"]
 EPISODES = 3
 
 
-@pytest.fixture(scope="module")
-def collected(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "collected"
-    collect_dataset(out, TASKS, episodes=EPISODES, noise_levels=[0.0, 0.5], seed=0, workers=1, progress=False)
-    return out
+@pytest.fixture
+def collected(collected_reach_window) -> Path:
+    return collected_reach_window  # TASKS x EPISODES, see conftest.py
 
 
 @pytest.fixture(autouse=True)

@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
         meta = import_minari(args.source, args.out, drop_short=args.drop_short)
     print(dataset_summary(meta))
     dropped = sum(meta["short_episodes_dropped"].values())
-    print(f"\n{args.out}: {len(meta['tasks'])} tasks imported from {meta['source']['kind']} {meta['source']['path']}"
+    n = len(meta["tasks"])
+    print(f"\n{args.out}: {n} task{'s' if n != 1 else ''} imported from {meta['source']['kind']} {meta['source']['path']}"
           + (f"; {dropped} short episodes left out" if dropped else ""))
     return 0
