@@ -192,3 +192,20 @@ def test_an_interrupted_import_resumes_keeping_finished_tasks(collected, tmp_pat
     assert (tmp_path / "imp" / "reach-v3" / "observations.npy").stat().st_ino == before
     _assert_same_episodes(tmp_path / "imp", collected)
     assert set(ARRAY_SPECS) - set(OPTIONAL_ARRAYS) <= {p.stem for p in (tmp_path / "imp" / "window-close-v3").iterdir()}
+
+
+def test_unknown_arrays_are_validated_and_collect_output_is_not_imported_into(collected, tmp_path):
+    src = _write_buffers(collected, tmp_path / "l2m")
+    import_l2m(src, tmp_path / "imp", tasks="reach")
+    info_path = tmp_path / "imp" / "reach-v3" / "task.json"
+    info = json.loads(info_path.read_text())
+    info_path.write_text(json.dumps({**info, "unknown": ["observations"]}))
+    with pytest.raises(ValueError, match="reach-v3/task.json: 'unknown' must list some of successes, noise, random_prefix"):
+        load_dataset(tmp_path / "imp")
+    info_path.write_text(json.dumps({**info, "unknown": ["noise", "random_prefix"]}))  # successes.npy is absent
+    with pytest.raises(ValueError, match="reach-v3/successes.npy is missing"):
+        load_dataset(tmp_path / "imp")
+    unfinished = tmp_path / "unfinished"  # a collect that did not finish: task dirs, no metadata.json
+    (unfinished / "reach-v3").mkdir(parents=True)
+    with pytest.raises(ValueError, match="holds reach-v3, which no import wrote"):
+        import_l2m(src, unfinished)

@@ -150,3 +150,22 @@ def test_without_minari_the_commands_say_what_to_install(collected, tmp_path, mo
     assert 'pip install "dt-eva[minari]"' in capsys.readouterr().err
     assert main(["import", "--from", "minari", "mine/reach-v0", "--out", str(tmp_path / "x")]) == 1
     assert 'pip install "dt-eva[minari]"' in capsys.readouterr().err
+
+
+def test_an_imported_dataset_without_success_flags_round_trips(collected, tmp_path):
+    from dt_eva.data.interop.l2m import import_l2m
+
+    a = load_dataset(collected).task_arrays("reach-v3")
+    (tmp_path / "l2m").mkdir()
+    dones = np.zeros(EPISODES * 200, dtype=bool)
+    np.savez(tmp_path / "l2m" / "reach-v2.npz", observations=a["observations"].reshape(-1, 39),
+             actions=a["actions"].reshape(-1, 4), rewards=a["rewards"].reshape(-1), dones=dones)
+    import_l2m(tmp_path / "l2m", tmp_path / "imp")
+    export_minari(tmp_path / "imp", "l2m")
+    md = minari.load_dataset("l2m/reach-v0")
+    assert "success" not in md[0].infos and md.storage.metadata["dt_eva"]["source"]["kind"] == "l2m"
+    import_minari("l2m/reach-v0", tmp_path / "back")
+    imp, back = load_dataset(tmp_path / "imp"), load_dataset(tmp_path / "back")
+    assert back.unknown_arrays("reach") == imp.unknown_arrays("reach") == ["successes", "noise", "random_prefix"]
+    for name, arr in imp.task_arrays("reach").items():
+        np.testing.assert_array_equal(back.task_arrays("reach")[name], arr, err_msg=name)

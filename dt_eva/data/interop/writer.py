@@ -214,6 +214,16 @@ def _check_out(out: Path) -> None:
     for p in out.iterdir() if out.exists() else []:
         if p.name.startswith(".") and p.name.endswith((".tmpdir", ".old")):
             shutil.rmtree(p, ignore_errors=True)  # left by a killed import
+        elif p.is_dir() and "source" not in _json_or_empty(p / TASK_FILE):
+            raise SourceError(f"--out {out} holds {p.name}, which no import wrote (an unfinished `dt-eva collect`?): "
+                              "choose another --out, or delete it")
+
+
+def _json_or_empty(path: Path) -> dict:
+    try:
+        return read_json(path)
+    except DatasetError:  # missing or damaged
+        return {}
 
 
 def _existing(task_dir: Path, source: TaskSource) -> dict | None:
