@@ -20,6 +20,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="leave out episodes that are not 200 steps long (default: refuse the import)")
 
 
+def _done(source) -> None:
+    print(f"{source.task}: {source.episodes} episodes from {source.origin}", flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
     from dt_eva.data import dataset_summary
     from dt_eva.utils.io import check_writable_dir
@@ -28,16 +32,17 @@ def run(args: argparse.Namespace) -> int:
     if args.kind == "l2m":
         from dt_eva.data.interop.l2m import import_l2m
 
-        meta = import_l2m(args.source, args.out, tasks=args.tasks, drop_short=args.drop_short)
+        meta = import_l2m(args.source, args.out, tasks=args.tasks, drop_short=args.drop_short, on_task=_done)
     else:
         from dt_eva.data.interop.minari_io import import_minari
 
         if args.tasks is not None:
             raise ValueError("--tasks is for --from l2m; with --from minari, list the dataset ids to import")
-        meta = import_minari(args.source, args.out, drop_short=args.drop_short)
+        meta = import_minari(args.source, args.out, drop_short=args.drop_short, on_task=_done)
     print(dataset_summary(meta))
     dropped = sum(meta["short_episodes_dropped"].values())
     n = len(meta["tasks"])
-    print(f"\n{args.out}: {n} task{'s' if n != 1 else ''} imported from {meta['source']['kind']} {meta['source']['path']}"
+    source = f"{meta['source']['kind']} {meta['source']['path']}"
+    print(f"\n{args.out}: {n} task{'s' if n != 1 else ''} imported from {source}"
           + (f"; {dropped} short episodes left out" if dropped else ""))
     return 0

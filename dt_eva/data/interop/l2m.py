@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -159,7 +159,8 @@ def _batches(scans: list[_FileEpisodes]) -> Iterator[dict[str, np.ndarray]]:
         if not len(scan.starts):
             continue
         with contextlib.closing(open_npz(scan.path)) as archive:
-            members = {ours: NpzMember(archive, scan.path, theirs) for ours, theirs in scan.keys.items() if ours != "dones"}
+            members = {ours: NpzMember(archive, scan.path, theirs)
+                       for ours, theirs in scan.keys.items() if ours != "dones"}
             for i in range(0, len(scan.starts), BATCH_EPISODES):
                 starts = scan.starts[i : i + BATCH_EPISODES]
                 lo, hi = int(starts[0]), int(starts[-1]) + EPISODE_LENGTH
@@ -202,9 +203,10 @@ def _task_source(task: str, files: list[Path], drop_short: bool) -> TaskSource:
 
 
 def import_l2m(root: str | Path, out: str | Path, tasks: str | Iterable[str] | None = None,
-               drop_short: bool = False) -> dict:
+               drop_short: bool = False, on_task: Callable[[TaskSource], None] | None = None) -> dict:
     """Convert the L2M files in `root` (all tasks found, or `tasks`: mt40, cw10, a list) into a dataset
-    at `out`; returns its metadata. One task is read and written at a time, in batches."""
+    at `out`; returns its metadata. One task is read and written at a time, in batches; `on_task` is
+    called after each (progress)."""
     root = Path(root)
     found = find_task_files(root)
     selected = list(found) if tasks is None else resolve_tasks(tasks)
@@ -221,4 +223,4 @@ def import_l2m(root: str | Path, out: str | Path, tasks: str | Iterable[str] | N
         "unknown": "the buffers record no per-step success, action noise or random prefix",
     }
     sources = [_task_source(t, found[t], drop_short) for t in selected]  # keys, shapes, episodes: before any write
-    return write_dataset(out, sources, source_meta)
+    return write_dataset(out, sources, source_meta, on_task)

@@ -23,7 +23,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -247,11 +247,13 @@ def _batches(dataset: Any, kept: list[int], has: dict[str, bool]) -> Iterator[di
         yield batch
 
 
-def import_minari(spec: str | Iterable[str], out: str | Path, drop_short: bool = False) -> dict:
-    """Convert the local Minari datasets `spec` (ids, see `resolve_ids`) into a dt-eva dataset at `out`."""
+def import_minari(spec: str | Iterable[str], out: str | Path, drop_short: bool = False,
+                  on_task: Callable[[TaskSource], None] | None = None) -> dict:
+    """Convert the local Minari datasets `spec` (ids, see `resolve_ids`) into a dt-eva dataset at `out`;
+    `on_task` is called after each task (progress)."""
     minari = _minari()
     ids = resolve_ids(spec)
     source_meta = {"kind": "minari", "path": ",".join(ids), "root": str(minari_root().resolve()), "ids": ids,
                    "short_episodes": "dropped" if drop_short else "refused",
                    "final_observation": "the 201st observation of each Minari episode is not kept"}
-    return write_dataset(out, (_task_source(minari, i, drop_short) for i in ids), source_meta)
+    return write_dataset(out, (_task_source(minari, i, drop_short) for i in ids), source_meta, on_task)

@@ -43,7 +43,8 @@ class NpzMember:
         """The next `rows` rows, `[rows, *shape[1:]]`."""
         data = self._f.read(rows * self._row_bytes)
         if len(data) != rows * self._row_bytes:
-            raise NpzError(f"{self.where}: the file is truncated (ends inside row {self.position + len(data) // max(self._row_bytes, 1)})")
+            row = self.position + len(data) // max(self._row_bytes, 1)
+            raise NpzError(f"{self.where}: the file is truncated (it ends inside row {row})")
         self.position += rows
         return np.frombuffer(data, dtype=self.dtype).reshape(rows, *self.shape[1:])
 

@@ -179,7 +179,7 @@ def write_dataset(out: str | Path, sources: Iterable[TaskSource], source_meta: d
         "episodes_per_task": {t: info["episodes"] for t, info in infos.items()},
         "episode_length": EPISODE_LENGTH,
         "source": source_meta,
-        "short_episodes_dropped": {t: int(info["source"].get("short_episodes_dropped", 0)) for t, info in infos.items()},
+        "short_episodes_dropped": {t: int(i["source"].get("short_episodes_dropped", 0)) for t, i in infos.items()},
         UNKNOWN_KEY: unknown,
         "versions": library_versions(),
         "stats": stats,
@@ -189,7 +189,8 @@ def write_dataset(out: str | Path, sources: Iterable[TaskSource], source_meta: d
     return metadata
 
 
-def _write_tasks(out: Path, sources: Iterable[TaskSource], on_task: Callable[[TaskSource], None] | None) -> dict[str, dict]:
+def _write_tasks(out: Path, sources: Iterable[TaskSource],
+                 on_task: Callable[[TaskSource], None] | None) -> dict[str, dict]:
     infos: dict[str, dict] = {}
     for source in sources:
         if source.task in infos:
