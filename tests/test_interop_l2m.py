@@ -87,10 +87,10 @@ def test_trajectory_files_import_to_the_collected_episodes(collected, tmp_path):
         folder = tmp_path / "l2m" / f"{task[:-3]}-v2"
         folder.mkdir(parents=True)
         flat = _flat(collected, task)
-        for e in range(EPISODES):  # traj_10 sorts after traj_2: natural order
+        for e in range(EPISODES):  # traj_0, traj_5, traj_10: natural order, not traj_10 before traj_5
             rows = slice(e * 200, (e + 1) * 200)
             rewards = flat["rewards"][rows]
-            np.savez(folder / f"traj_{e * 10}.npz", states=flat["observations"][rows], actions=flat["actions"][rows],
+            np.savez(folder / f"traj_{e * 5}.npz", states=flat["observations"][rows], actions=flat["actions"][rows],
                      rewards=rewards, dones=flat["dones"][rows], returns_to_go=np.cumsum(rewards[::-1])[::-1] / 200)
     import_l2m(tmp_path / "l2m", tmp_path / "imported")
     _assert_same_episodes(tmp_path / "imported", collected)
