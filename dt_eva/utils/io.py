@@ -92,19 +92,47 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     atomic_save(path, lambda tmp: torch.save(obj, tmp))
 
 
+def read_json(path: str | os.PathLike) -> Any:
+    """The JSON value in `path`. A file that cannot be read, is not UTF-8 JSON or is nested too deeply
+    for Python's parser (`[[[[...` 100000 deep) raises `ValueError("<path> is corrupt (...)")`."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except RecursionError:
+        raise ValueError(f"{path} is corrupt ({_TOO_DEEP})") from None
+    except (OSError, ValueError) as e:  # ValueError: bad UTF-8 or bad JSON
+        raise ValueError(f"{path} is corrupt ({e})") from None
+
+
 def load_json_object(path: str | os.PathLike) -> dict[str, Any] | None:
     """The JSON object in `path`; None when there is no such file. A file that cannot be read, is not
     UTF-8 JSON or holds something other than an object raises `ValueError("<path> is corrupt (...)")`."""
     path = Path(path)
     if not path.is_file():
         return None
-    try:
-        obj = json.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, ValueError) as e:  # ValueError: bad UTF-8 or bad JSON
-        raise ValueError(f"{path} is corrupt ({e})") from None
+    obj = read_json(path)
     if not isinstance(obj, dict):
         raise ValueError(f"{path} is corrupt (not a JSON object)")
     return obj
+
+
+def read_yaml(path: str | os.PathLike, loader: Any = None) -> Any:
+    """The YAML document in `path`, read with `loader` (default PyYAML's safe loader). Not UTF-8, not
+    YAML or nested too deeply: `ValueError("<path> is not valid YAML (...)")`; a missing file is
+    `FileNotFoundError`."""
+    import yaml  # local: most users of this module write files and never parse YAML
+
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not valid YAML (not UTF-8 text: {e.reason} at byte {e.start})") from None
+    try:
+        return yaml.load(text, Loader=loader or yaml.SafeLoader)
+    except RecursionError:
+        raise ValueError(f"{path} is not valid YAML ({_TOO_DEEP})") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path} is not valid YAML: {e}") from None
 
 
 def read_metrics(path: str | os.PathLike, problems: list[str] | None = None) -> list[dict[str, Any]]:
@@ -162,6 +190,9 @@ def check_writable_dir(path: str | os.PathLike) -> None:
         os.unlink(probe)
     except OSError as e:
         raise OSError(e.errno, e.strerror, str(path)) from None
+
+
+_TOO_DEEP = "nested too deeply to parse; dt-eva never writes such a file"
 
 
 def _json_default(o: Any) -> Any:
