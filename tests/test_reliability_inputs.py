@@ -152,3 +152,195 @@ def test_an_unknown_train_device_is_a_one_line_error(runs, capsys):
     assert finetune("--method", "lora", "--name", "dev", "train.device=banana") == 1
     assert "train.device='banana' is not a torch device" in error_line(capsys)
     assert not (runs / "dev").exists()
+
+
+# 14. deeply nested JSON / YAML is a clear error naming the file; `report` flags the run and goes on ---------
+def test_deeply_nested_files_are_errors_that_name_the_file(runs, ws):
+    from dt_eva.config import read_yaml_mapping
+    from dt_eva.data import load_dataset
+    from dt_eva.runs.marker import read_meta
+    from dt_eva.utils.io import load_json_object
+
+    for name in ("summary.json", "eval.json", "meta.json"):
+        (runs / "pre" / name).write_text(DEEP)
+    with pytest.raises(ValueError, match=r"summary.json is corrupt \(nested too deeply to parse"):
+        load_json_object(runs / "pre" / "summary.json")
+    with pytest.raises(ValueError, match=r"pre/meta.json is corrupt \(nested too deeply to parse.*damaged"):
+        read_meta(runs / "pre")
+    (runs / "pre" / "config.yaml").write_text(DEEP)
+    with pytest.raises(ValueError, match=r"config file .*pre/config.yaml is not valid YAML \(nested too deeply"):
+        read_yaml_mapping(runs / "pre" / "config.yaml")
+    for name in ("metadata.json", "hammer-v3/task.json"):
+        data = ws / "data" / "tiny"
+        shutil.copytree(data, ws / "deep", dirs_exist_ok=True)
+        (ws / "deep" / name).write_text(DEEP)
+        with pytest.raises(ValueError, match=rf"deep/{name} is corrupt \(nested too deeply"):
+            load_dataset(ws / "deep")
+        shutil.rmtree(ws / "deep")
+
+
+def test_report_flags_a_run_with_deeply_nested_files_and_reports_the_others(runs, ws, capsys):
+    assert main(["evaluate", "--run", "runs/ft", "--episodes", "1", "--no-progress"]) == 0
+    shutil.copytree(runs / "ft", runs / "bad")
+    summary = json.loads((runs / "bad" / "summary.json").read_text())
+    (runs / "bad" / "summary.json").write_text(json.dumps({**summary, "name": "bad"}))
+    for path in (runs / "bad" / "config.yaml", runs / "bad" / "eval.json", *(runs / "bad" / "evals").glob("*.json")):
+        path.write_text(DEEP)
+    capsys.readouterr()
+    assert main(["report", "runs", "--out", "rep", "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    assert "bad/config.yaml is not valid YAML (nested too deeply" in out
+    assert "Report: 1 run(s)" in out  # ft; pre has no evaluation
+    assert "runs/bad: " in out.split("Skipped 2 run(s):")[1]
+
+
+def test_a_config_file_that_is_not_utf8_or_a_directory_is_named(ws, capsys):
+    Path("bad.yaml").write_bytes(b"name: caf\xe9\n")
+    assert main(["pretrain", "--config", "bad.yaml"]) == 1
+    assert "config file bad.yaml is not valid YAML (not UTF-8 text: invalid continuation byte at byte 9)" in \
+        error_line(capsys)
+    Path("sw").mkdir()
+    assert main(["sweep", "sw"]) == 1
+    assert "config file sw is a directory; pass a YAML file" in error_line(capsys)
+
+
+# 15 / 21. a damaged EVA result names the file and what is wrong ------------------------------------------------
+@pytest.mark.parametrize("damage, message", [
+    ("truncate", r"EVA result .*eva/result.safetensors is corrupt or not a safetensors file"),
+    ("garbage", r"EVA result .*eva/result.safetensors is corrupt or not a safetensors file"),
+    ("no rank", r"eva/result.json \(with result.safetensors\) is not a valid EVA result: no entry 'blocks.0.attn.qkv'"),
+    ("rank abc", r"eva/result.json .* the rank of blocks.0.attn.qkv is 'abc', not a non-negative integer"),
+    ("names 5", r"eva/result.json .* 'names' is 5, not a list of layer names"),
+    ("a list", r"eva/result.json is not a dt_eva EVA result \(format 'list'\)"),
+    ("not json", r"eva/result.json is corrupt \("),
+])
+def test_a_damaged_eva_result_names_the_file(runs, damage, message):
+    from dt_eva.eva import EvaResult
+
+    eva = runs / "ft" / "eva"
+    meta = json.loads((eva / "result.json").read_text())
+    tensors = (eva / "result.safetensors").read_bytes()
+    if damage == "truncate":
+        (eva / "result.safetensors").write_bytes(tensors[: len(tensors) // 2])
+    elif damage == "garbage":
+        (eva / "result.safetensors").write_bytes(os.urandom(256))
+    elif damage == "no rank":
+        del meta["ranks"]["blocks.0.attn.qkv"]
+    elif damage == "rank abc":
+        meta["ranks"]["blocks.0.attn.qkv"] = "abc"
+    elif damage == "names 5":
+        meta["names"] = 5
+    elif damage == "a list":
+        meta = [meta]
+    if damage != "not json":
+        (eva / "result.json").write_text(json.dumps(meta))
+    else:
+        (eva / "result.json").write_text("{not json")
+    with pytest.raises(ValueError, match=message):
+        EvaResult.load(eva)
+
+
+# 16. a crafted base config is checked against the weights' shapes before the model is built --------------------
+def test_a_crafted_base_config_fails_before_the_model_is_allocated(runs, capsys, monkeypatch):
+    import dt_eva.runs.base as base_module
+
+    config = runs / "pre" / "config.yaml"
+    config.write_text(config.read_text().replace("hidden_size: 16", "hidden_size: 65536").replace("n_layer: 1",
+                                                                                                  "n_layer: 64"))
+    built = []
+    real = base_module.DecisionTransformer
+
+    def spy(cfg):  # records every model built off the meta device (a real allocation)
+        if torch.empty(0).device.type != "meta":
+            built.append(cfg.hidden_size)
+        return real(cfg)
+
+    monkeypatch.setattr(base_module, "DecisionTransformer", spy)
+    assert finetune("--method", "lora", "--name", "big") == 1
+    err = error_line(capsys)
+    assert "runs/pre/model.pt do not fit the model described by runs/pre/config.yaml (embed_state.weight: (16, 39) " \
+           "in the weights, (65536, 39) in the config" in err
+    assert built == []
+    assert not (runs / "big").exists()
+
+
+# 17. meta.json entries of the wrong type are named ------------------------------------------------------------
+@pytest.mark.parametrize("key, value, expected", [
+    ("base", "x", "'base' is 'x', expected an object"),
+    ("resumed", "oops", "'resumed' is 'oops', expected a list"),
+    ("kind", 5, "'kind' is 5, expected a string"),
+])
+def test_meta_json_with_wrong_types_is_a_clear_error(runs, capsys, key, value, expected):
+    path = runs / "ft" / "meta.json"
+    meta = json.loads(path.read_text())
+    meta[key] = value
+    path.write_text(json.dumps(meta))
+    assert finetune("--method", "eva", "--name", "ft", "--resume") == 1
+    assert f"runs/ft/meta.json: {expected}; the run directory is damaged" in error_line(capsys)
+    assert main(["evaluate", "--run", "runs/ft", "--episodes", "1", "--no-progress"]) == 1
+    assert expected in error_line(capsys)
+
+
+def test_meta_json_with_a_wrong_base_step_is_named(runs):
+    from dt_eva.runs.marker import read_meta
+
+    path = runs / "ft" / "meta.json"
+    meta = json.loads(path.read_text())
+    meta["base"]["step"] = "six"
+    path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"'base.step' is 'six', expected an integer or null"):
+        read_meta(runs / "ft")
+
+
+# 21. load_adapters on tampered files: ValueError naming the file, and the model is left without adapters -------
+def tamper_adapters(adapters: Path, how: str) -> None:
+    config_path, weights_path = adapters / "adapter_config.json", adapters / "adapter_model.safetensors"
+    config = json.loads(config_path.read_text())
+    first = next(iter(config["modules"]))
+    if how == "no rank":
+        del config["modules"][first]["rank"]
+    elif how == "modules list":
+        config["modules"] = [1]
+    elif how == "nan alpha":
+        config["modules"][first]["alpha"] = float("nan")
+    elif how == "deep":
+        config_path.write_text(DEEP)
+        return
+    elif how in ("nan weight", "inf weight"):
+        from safetensors.torch import load_file, save_file
+
+        state = load_file(str(weights_path))
+        state[f"{first}.lora_A"][0, 0] = float(how.split()[0])
+        save_file(state, str(weights_path))
+        return
+    elif how == "truncated":
+        weights_path.write_bytes(weights_path.read_bytes()[:100])
+        return
+    config_path.write_text(json.dumps(config, allow_nan=True))
+
+
+@pytest.mark.parametrize("how, message", [
+    ("no rank", r"adapter_config.json: 'blocks.0.attn.qkv': 'rank' is None, not a int"),
+    ("modules list", r"adapter_config.json: 'modules' is \[1\], not an object"),
+    ("nan alpha", r"adapter_config.json: adapter alpha must be a finite number > 0, got nan"),
+    ("deep", r"adapter_config.json is corrupt \(nested too deeply"),
+    ("nan weight", r"adapter_model.safetensors: blocks.0.attn.qkv.lora_A: holds non-finite values"),
+    ("inf weight", r"adapter_model.safetensors: blocks.0.attn.qkv.lora_A: holds non-finite values"),
+    ("truncated", r"adapter weights .*adapter_model.safetensors is corrupt or not a safetensors file"),
+])
+def test_tampered_adapters_are_named_and_a_failed_load_leaves_no_adapters(runs, ws, how, message):
+    from dt_eva.adapters import adapter_layers, load_adapters
+    from dt_eva.runs import load_run_model
+
+    base, _ = load_run_model(runs / "pre")
+    trainable = {n: p.requires_grad for n, p in base.named_parameters()}
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    shutil.copytree(runs / "ft" / "adapters", ws / "bad")
+    tamper_adapters(ws / "bad", how)
+    with pytest.raises(ValueError, match=message):
+        load_adapters(base, ws / "bad")
+    assert adapter_layers(base) == {}
+    assert {n: p.requires_grad for n, p in base.named_parameters()} == trainable
+    assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())
+    wrapped = load_adapters(base, runs / "ft" / "adapters")  # the corrected retry
+    assert len(wrapped) == 4
