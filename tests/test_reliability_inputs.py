@@ -141,7 +141,7 @@ def test_a_rewards_file_holding_text_is_not_called_pickled(ws):
     with pytest.raises(ValueError) as info:
         load_dataset(ws / "data/tiny")
     message = str(info.value)
-    assert "hammer-v3/rewards.npy: not a .npy array: it holds no NumPy .npy header (text" in message
+    assert "hammer-v3/rewards.npy: not a readable .npy array: it holds no NumPy .npy header (text" in message
     assert "pickle" not in message
 
 
@@ -344,3 +344,111 @@ def test_tampered_adapters_are_named_and_a_failed_load_leaves_no_adapters(runs, 
     assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())
     wrapped = load_adapters(base, runs / "ft" / "adapters")  # the corrected retry
     assert len(wrapped) == 4
+
+
+# 18. a full disk is named: "no space left on device while writing <path>", and no partial file is left ---------
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real 64 KiB file system (tmpfs); skipped where mounting is not permitted (not root, containers)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Temporaries of atomic writes (`.<name>.<random>.tmp`, `.tmpdir`) below `folder`."""
+    return [str(p) for p in folder.rglob(".*") if ".tmp" in p.name]
+
+
+def test_pretrain_on_a_full_disk_names_the_file(ws, tiny_disk, capsys):
+    assert pretrain(f"run_dir={tiny_disk}/pre") == 1
+    err = error_line(capsys)
+    assert f"no space left on device while writing {tiny_disk}/pre/" in err
+    assert err.endswith(": free space or choose another folder")
+    assert leftovers(tiny_disk) == []
+
+
+def test_collect_on_a_full_disk_names_the_file(ws, tiny_disk, capsys):
+    args = ["collect", "--tasks", "reach", "--episodes", "4", "--noise", "0", "--workers", "1", "--no-progress"]
+    assert main([*args, "--out", str(tiny_disk / "data")]) == 1
+    err = error_line(capsys)
+    assert f"no space left on device while writing {tiny_disk}/data/reach-v3: free space or choose another folder" in err
+    assert not any(p.name.startswith(".") for p in (tiny_disk / "data").rglob("*"))
+
+
+def test_a_checkpoint_save_that_meets_enospc_names_the_file_and_resume_works(ws, capsys, monkeypatch):
+    real_save = torch.save
+
+    def full(obj, f, *args, **kwargs):  # the disk fills while the checkpoint is written
+        real_save(obj, f, *args, **kwargs)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", full)
+    assert pretrain("name=pre") == 1
+    err = error_line(capsys)
+    assert err.endswith("no space left on device while writing runs/pre/checkpoints/last.pt: free space or choose "
+                        "another folder")
+    assert list((ws / "runs/pre/checkpoints").iterdir()) == []  # the partial file is gone
+    monkeypatch.setattr(torch, "save", real_save)  # space freed: the retry resumes the run
+    assert pretrain("name=pre", "--resume") == 0
+    assert (ws / "runs/pre/model.pt").is_file()
+
+
+def test_a_sweep_run_on_a_full_disk_is_recorded_with_the_message(ws, tiny_disk):
+    from dt_eva.experiments.sweep.worker import RunJob, run_job
+
+    overrides = ("data.path=data/tiny", *TINY, "train.steps=2", "train.ckpt_every=1", f"run_dir={tiny_disk}/r0")
+    error = run_job(RunJob("r0", "pretrain", None, overrides, resume=False, cwd=str(ws)))
+    assert error is not None and error.startswith(f"DiskFullError: no space left on device while writing {tiny_disk}/r0/")
+    assert error.endswith(": free space or choose another folder")
+    assert leftovers(tiny_disk) == []
+
+
+def test_enospc_without_a_path_becomes_a_disk_full_error_naming_the_file(tmp_path, monkeypatch):
+    from dt_eva.utils.io import DiskFullError, atomic_write_text
+
+    def quota(self, data):  # the write meets the user's quota (EDQUOT) after a partial write
+        os.write(os.open(self, os.O_WRONLY), data[:1])
+        raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
+
+    monkeypatch.setattr(Path, "write_bytes", quota)
+    with pytest.raises(DiskFullError) as info:
+        atomic_write_text(tmp_path / "results.csv", "x,y")
+    assert str(info.value) == f"no space left on device while writing {tmp_path}/results.csv: free space or choose " \
+                              "another folder"
+    assert list(tmp_path.iterdir()) == []
+
+
+# 23. files and folders written atomically get the umask's mode, as open() / mkdir() would give them ------------
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_atomic_writes_respect_the_umask(tmp_path, umask):
+    from dt_eva.utils.io import atomic_dir, atomic_write_json
+
+    old = os.umask(umask)
+    try:
+        atomic_write_json(tmp_path / "summary.json", {"a": 1})
+        with atomic_dir(tmp_path / "adapters") as tmp:
+            (tmp / "x").write_text("1")
+        with open(tmp_path / "plain", "w"):
+            pass
+        (tmp_path / "plain_dir").mkdir()
+    finally:
+        os.umask(old)
+    mode = lambda p: (tmp_path / p).stat().st_mode & 0o777  # noqa: E731
+    assert mode("summary.json") == mode("plain") == 0o666 & ~umask
+    assert mode("adapters") == mode("plain_dir") == 0o777 & ~umask
+
+
+def test_a_run_is_readable_by_the_group_under_umask_002(ws):
+    old = os.umask(0o002)
+    try:
+        assert pretrain("name=pre") == 0
+    finally:
+        os.umask(old)
+    run = ws / "runs/pre"
+    for name in ("config.yaml", "meta.json", "summary.json", "model.pt", "checkpoints/last.pt"):
+        assert (run / name).stat().st_mode & 0o777 == 0o664, name
