@@ -197,7 +197,7 @@ def test_report_flags_a_run_with_deeply_nested_files_and_reports_the_others(runs
 def test_a_config_file_that_is_not_utf8_or_a_directory_is_named(ws, capsys):
     Path("bad.yaml").write_bytes(b"name: caf\xe9\n")
     assert main(["pretrain", "--config", "bad.yaml"]) == 1
-    assert "config file bad.yaml is not valid YAML (not UTF-8 text: invalid continuation byte at byte 9)" in \
+    assert "config file bad.yaml is not valid YAML (not UTF-8 text: 'utf-8' codec can't decode byte 0xe9 in position 9" in \
         error_line(capsys)
     Path("sw").mkdir()
     assert main(["sweep", "sw"]) == 1

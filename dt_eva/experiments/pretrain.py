@@ -26,7 +26,7 @@ from dt_eva.runs.policy import target_returns
 from dt_eva.training import Trainer, TrainResult, WholeModel
 from dt_eva.training.checkpoint import seed_everything
 from dt_eva.training.distributed import DistContext, barrier, rank_seed
-from dt_eva.utils.io import atomic_write_json
+from dt_eva.utils.io import atomic_write_json, load_json_object
 from dt_eva.utils.precision import resolve_precision
 
 KIND = "pretrain"
@@ -122,9 +122,7 @@ def finish_pretrain(setup: PretrainSetup, result: TrainResult) -> dict:
     """Write `model.pt`, the final evaluation and `summary.json`; returns the summary."""
     trainer, cfg, paths = setup.trainer, setup.cfg, setup.paths
     if result.start_step == result.steps and paths.summary.is_file():  # resumed a finished run
-        import json
-
-        return json.loads(paths.summary.read_text(encoding="utf-8"))
+        return load_json_object(paths.summary) or {}  # a damaged file is a ValueError naming it
     trainer.save_model(paths.model)
     final_eval = setup.eval_results.get(result.steps)
     summary = {

@@ -154,7 +154,7 @@ def read_json(path: str | os.PathLike) -> Any:
     except RecursionError:
         reason = _TOO_DEEP
     except UnicodeDecodeError as e:
-        reason = f"not UTF-8 text: {e.reason} at byte {e.start}"
+        reason = f"not UTF-8 text: {e}"
     except json.JSONDecodeError as e:
         reason = f"not valid JSON: {e}"
     except (OSError, ValueError) as e:
@@ -184,7 +184,7 @@ def read_yaml(path: str | os.PathLike, loader: Any = None) -> Any:
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path} is not valid YAML (not UTF-8 text: {e.reason} at byte {e.start})") from None
+        raise ValueError(f"{path} is not valid YAML (not UTF-8 text: {e})") from None
     try:
         return yaml.load(text, Loader=loader or yaml.SafeLoader)
     except RecursionError:
