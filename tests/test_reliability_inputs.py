@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -202,6 +203,31 @@ def test_a_config_file_that_is_not_utf8_or_a_directory_is_named(ws, capsys):
     Path("sw").mkdir()
     assert main(["sweep", "sw"]) == 1
     assert "config file sw is a directory; pass a YAML file" in error_line(capsys)
+
+
+def test_a_sweep_file_or_results_csv_that_is_not_utf8_is_named(runs, capsys):
+    from dt_eva.runs.results import committed_results
+
+    Path("s.yaml").write_bytes(b"kind: finetune\nout: sweeps/caf\xe9\n")
+    assert main(["sweep", "s.yaml", "--dry-run"]) == 1
+    assert "config file s.yaml is not valid YAML (not UTF-8 text: 'utf-8' codec can't decode byte 0xe9" in \
+        error_line(capsys)
+    Path("results.csv").write_bytes(b"name,status,config_hash\ncaf\xe9,done,abc\n")
+    message = "results file results.csv is not UTF-8 text ('utf-8' codec can't decode byte 0xe9 in position 27"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        committed_results("results.csv")  # what a sweep reads of an earlier sweep in its folder
+    assert main(["report", "results.csv", "--out", "rep", "--no-plots"]) == 1  # the study report
+    assert message in error_line(capsys)
+
+
+def test_report_with_a_deeply_nested_eva_result_draws_the_other_plots(runs, capsys):
+    assert main(["evaluate", "--run", "runs/ft", "--episodes", "1", "--no-progress"]) == 0
+    (runs / "ft" / "eva" / "result.json").write_text(DEEP)
+    capsys.readouterr()
+    assert main(["report", "runs", "--out", "rep"]) == 0
+    out = capsys.readouterr().out
+    assert "ft/eva/result.json is corrupt (ValueError: " in out and "nested too deeply" in out
+    assert "no rank heatmap for it" in out and (Path("rep") / "report.md").is_file()
 
 
 # 15 / 21. a damaged EVA result names the file and what is wrong ------------------------------------------------

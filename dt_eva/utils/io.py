@@ -145,6 +145,15 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     atomic_save(path, lambda tmp: torch.save(obj, tmp))
 
 
+def read_text(path: str | os.PathLike, what: str = "file") -> str:
+    """The UTF-8 text of `path`; a file that is not UTF-8 is `ValueError("<what> <path> is not UTF-8
+    text (...)")` (Python's codec error names no file). OSErrors pass through."""
+    try:
+        return Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{what} {path} is not UTF-8 text ({e}); save it as UTF-8") from None
+
+
 def read_json(path: str | os.PathLike) -> Any:
     """The JSON value in `path`. A file that cannot be read, is not UTF-8 JSON or is nested too deeply
     for Python's parser (`[[[[...` 100000 deep) raises `ValueError("<path> is corrupt (...)")`."""
