@@ -80,6 +80,8 @@ class LoraLayer(nn.Module):
             )
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"adapter dropout must be in [0, 1), got {dropout}")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
+            raise ValueError(f"adapter alpha must be a finite number > 0, got {alpha!r}")
         self.base_layer = base_layer
         self.kind = kind
         self.in_features = in_features

@@ -46,13 +46,7 @@ def check_device(spec: str) -> str:
 
     from dt_eva.utils.precision import resolve_device
 
-    try:
-        device = resolve_device(spec)
-    except RuntimeError:  # torch.device() rejects the string
-        raise ValueError(f"--device {spec!r} is not a torch device; use cpu, cuda, cuda:N or auto") from None
-    except ValueError:
-        raise ValueError(f"--device {spec!r} but CUDA is not available in this torch ({torch.__version__}); "
-                         "use --device cpu") from None
+    device = resolve_device(spec, key="--device ")
     try:
         torch.empty(0, device=device)  # e.g. cuda:3 on a one-GPU machine
     except (RuntimeError, AssertionError) as e:

@@ -8,13 +8,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
 from dt_eva.envs.registry import ACT_DIM, EPISODE_LENGTH, STATE_DIM, resolve_task, resolve_tasks
+from dt_eva.utils.io import read_json as read_json_value
 
 FORMAT_VERSION = 1
 METADATA_FILE = "metadata.json"
@@ -37,7 +37,8 @@ OPTIONAL_ARRAYS = ("successes", "noise", "random_prefix")
 UNKNOWN_KEY = "unknown"
 
 _FINITE_CHECK_EPISODES = 256  # chunk size of the finiteness scan (bounded memory on big datasets)
-_RTG_TOLERANCE = 1e-3
+_RTG_TOLERANCE = 1e-4  # relative, per step
+_NPY_MAGIC = b"\x93NUMPY"
 
 
 class DatasetError(ValueError):
@@ -131,6 +132,12 @@ def load_dataset(path: str | Path, tasks: str | Iterable[str] | None = None, mma
     recorded = metadata.get("tasks")
     if not isinstance(recorded, list) or not recorded:
         raise DatasetError(f"{meta_path}: 'tasks' must be a non-empty list of task names")
+    unknown = [name for name in recorded if not _is_task_name(name)]
+    if unknown:
+        raise DatasetError(
+            f"{meta_path}: 'tasks' lists {unknown}, which are not Meta-World task names (e.g. 'hammer-v3'); "
+            "the file was edited or is not a dt-eva dataset: re-collect it with `dt-eva collect`"
+        )
     unrecorded = [name for name in on_disk if name not in recorded]
     if unrecorded:
         raise DatasetError(
@@ -151,6 +158,14 @@ def load_dataset(path: str | Path, tasks: str | Iterable[str] | None = None, mma
             raise DatasetError(f"{task_dir} is missing although {meta_path} lists {task}; re-run `dt-eva collect`")
         infos[task], arrays[task] = read_task_dir(task_dir, mmap=mmap)
     return OfflineDataset(root, metadata, arrays, infos)
+
+
+def _is_task_name(name: Any) -> bool:
+    """A full Meta-World task name as `collect` records it (`hammer-v3`)."""
+    try:
+        return isinstance(name, str) and resolve_task(name) == name
+    except ValueError:
+        return False
 
 
 def read_task_dir(task_dir: str | Path, mmap: bool = True, task: str | None = None) -> tuple[dict, dict[str, np.ndarray]]:
@@ -177,10 +192,9 @@ def read_task_dir(task_dir: str | Path, mmap: bool = True, task: str | None = No
 
 def read_json(path: Path) -> dict:
     try:
-        with open(path, encoding="utf-8") as f:
-            obj = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DatasetError(f"{path}: cannot be read as JSON ({e})") from e
+        obj = read_json_value(path)
+    except ValueError as e:  # names the file
+        raise DatasetError(str(e)) from None
     if not isinstance(obj, dict):
         raise DatasetError(f"{path}: expected a JSON object, got {type(obj).__name__}")
     return obj
@@ -190,6 +204,7 @@ def _load_array(path: Path, mmap: bool, episodes: int) -> np.ndarray:
     dtype, tail = ARRAY_SPECS[path.stem]
     if not path.is_file():
         raise DatasetError(f"{path} is missing; delete {path.parent} and re-run `dt-eva collect`")
+    _check_npy_header(path)
     try:
         arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except Exception as e:  # numpy raises ValueError / OSError / EOFError for damaged files
@@ -200,6 +215,20 @@ def _load_array(path: Path, mmap: bool, episodes: int) -> np.ndarray:
     if arr.shape != expected:
         raise DatasetError(f"{path}: shape {arr.shape}, expected {expected} ([episodes={episodes}, ...] from task.json)")
     return arr
+
+
+def _check_npy_header(path: Path) -> None:
+    """Refuse a file that is not a `.npy` array before NumPy reads it: for any such file NumPy
+    claims "pickled data" and suggests `allow_pickle`, which would be wrong advice for text."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_NPY_MAGIC))
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if head != _NPY_MAGIC:
+        what = "pickled Python data, which dt-eva never loads" if head[:1] == b"\x80" else \
+            "no NumPy .npy header (text, an empty or a damaged file)"
+        raise DatasetError(f"{path}: not a readable .npy array: it holds {what}; delete {path.parent} and re-run `dt-eva collect`")
 
 
 def _check_values(task_dir: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -215,19 +244,29 @@ def _check_values(task_dir: Path, arrays: dict[str, np.ndarray]) -> None:
     for start in range(0, actions.shape[0], _FINITE_CHECK_EPISODES):
         if np.abs(np.asarray(actions[start : start + _FINITE_CHECK_EPISODES])).max() > 1.0:
             raise DatasetError(f"{task_dir / 'actions.npy'}: actions outside [-1, 1]")
-    rewards = np.asarray(arrays["rewards"], dtype=np.float64)
-    rtg = np.asarray(arrays["returns_to_go"], dtype=np.float64)
-    totals = rewards.sum(axis=1)
-    tol = _RTG_TOLERANCE * np.maximum(1.0, np.abs(totals))
-    if not (np.abs(rtg[:, 0] - totals) <= tol).all() or not np.allclose(rtg[:, -1], rewards[:, -1]):
-        raise DatasetError(
-            f"{task_dir / 'returns_to_go.npy'}: does not match the reverse cumulative sum of rewards.npy"
-        )
+    _check_returns_to_go(task_dir, arrays["rewards"], arrays["returns_to_go"])
     if "noise" in arrays and (np.asarray(arrays["noise"]) < 0).any():
         raise DatasetError(f"{task_dir / 'noise.npy'}: negative noise std")
     prefix = np.asarray(arrays.get("random_prefix", np.zeros(0, np.int32)))
     if ((prefix < 0) | (prefix > EPISODE_LENGTH)).any():
         raise DatasetError(f"{task_dir / 'random_prefix.npy'}: values outside 0..{EPISODE_LENGTH}")
+
+
+def _check_returns_to_go(task_dir: Path, rewards: np.ndarray, returns_to_go: np.ndarray) -> None:
+    """Every step's return-to-go is the sum of the rewards from that step on (a value edited in the
+    middle of an episode is caught, not only the first and last)."""
+    for start in range(0, rewards.shape[0], _FINITE_CHECK_EPISODES):
+        chunk = np.asarray(rewards[start : start + _FINITE_CHECK_EPISODES], dtype=np.float64)
+        expected = np.flip(np.cumsum(np.flip(chunk, axis=1), axis=1), axis=1)
+        rtg = np.asarray(returns_to_go[start : start + _FINITE_CHECK_EPISODES], dtype=np.float64)
+        tol = _RTG_TOLERANCE * np.maximum(1.0, np.abs(expected))  # float32 storage rounds ~1e-7
+        bad = np.argwhere(np.abs(rtg - expected) > tol)
+        if len(bad):
+            episode, step = int(bad[0][0]) + start, int(bad[0][1])
+            raise DatasetError(
+                f"{task_dir / 'returns_to_go.npy'}: does not match the reverse cumulative sum of rewards.npy "
+                f"(first at episode {episode}, step {step}); re-collect the task"
+            )
 
 
 def dataset_summary(meta: dict[str, Any]) -> str:

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,7 @@ from dt_eva.runs.policy import load_task_dataset, target_returns
 from dt_eva.training import Trainer, TrainResult
 from dt_eva.training.checkpoint import seed_everything
 from dt_eva.training.distributed import DistContext, barrier, rank_seed
-from dt_eva.utils.io import atomic_torch_save, atomic_write_json
+from dt_eva.utils.io import atomic_torch_save, atomic_write_json, load_json_object
 from dt_eva.utils.precision import precision_name, resolve_precision
 
 KIND = "finetune"
@@ -239,7 +238,7 @@ def finish_finetune(setup: FinetuneSetup, result: TrainResult) -> dict:
         if final_eval is not None:
             write_eval_record(paths.root, final_eval)
         if finished_before:
-            summary = json.loads(paths.summary.read_text(encoding="utf-8"))
+            summary = load_json_object(paths.summary) or {}  # a damaged file is a ValueError naming it
         else:
             summary = _summary(setup, result, final_eval)
         atomic_write_json(paths.summary, summary)

@@ -26,7 +26,7 @@ from dt_eva.runs.policy import target_returns
 from dt_eva.training import Trainer, TrainResult, WholeModel
 from dt_eva.training.checkpoint import seed_everything
 from dt_eva.training.distributed import DistContext, barrier, rank_seed
-from dt_eva.utils.io import atomic_write_json
+from dt_eva.utils.io import atomic_write_json, load_json_object
 from dt_eva.utils.precision import precision_name, resolve_precision
 
 KIND = "pretrain"
@@ -70,15 +70,17 @@ def load_pretrain_dataset(cfg: PretrainConfig) -> Any:
 
 
 def eval_targets(cfg: PretrainConfig, dataset: Any) -> dict[str, float]:
-    """Target returns of `train.eval_tasks` (when the run evaluates), which must be tasks of the training data."""
-    tasks = resolve_tasks(cfg.train.eval_tasks) if cfg.train.eval_tasks and cfg.train.eval_every > 0 else []
+    """Target returns of `train.eval_tasks` (when the run evaluates), which must be tasks of the training data.
+
+    The tasks are checked even when `train.eval_every=0`: a typo should not wait for the run that evaluates."""
+    tasks = resolve_tasks(cfg.train.eval_tasks) if cfg.train.eval_tasks else []
     missing = [t for t in tasks if t not in dataset.tasks]
     if missing:
         raise ValueError(
             f"train.eval_tasks {missing} are not in dataset {cfg.data.path}, so there is no target return "
             f"for them; evaluate on tasks the model was trained on ({', '.join(dataset.tasks)})"
         )
-    return target_returns(dataset, tasks)
+    return target_returns(dataset, tasks) if cfg.train.eval_every > 0 else {}
 
 
 def prepare_pretrain(cfg: PretrainConfig, resume: bool = False, force: bool = False,
@@ -121,9 +123,7 @@ def finish_pretrain(setup: PretrainSetup, result: TrainResult) -> dict:
     """Write `model.pt`, the final evaluation and `summary.json`; returns the summary."""
     trainer, cfg, paths = setup.trainer, setup.cfg, setup.paths
     if result.start_step == result.steps and paths.summary.is_file():  # resumed a finished run
-        import json
-
-        return json.loads(paths.summary.read_text(encoding="utf-8"))
+        return load_json_object(paths.summary) or {}  # a damaged file is a ValueError naming it
     trainer.save_model(paths.model)
     final_eval = setup.eval_results.get(result.steps)
     summary = {

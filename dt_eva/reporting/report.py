@@ -23,7 +23,7 @@ from dt_eva.reporting.tables import (
 )
 from dt_eva.runs.layout import SUMMARY
 from dt_eva.runs.records import RunRecord, find_run_dirs, full_task_name, load_run
-from dt_eva.utils.io import atomic_dir, atomic_write_text, check_writable_dir
+from dt_eva.utils.io import atomic_dir, atomic_write_text, check_writable_dir, read_json
 
 PathLike = str | os.PathLike
 
@@ -128,8 +128,6 @@ def _plot_curves(usable: list[RunRecord], all_runs: list[RunRecord], best: dict[
 
 
 def _plot_heatmaps(runs: list[RunRecord], out: Path, problems: list[str]) -> list[Path]:
-    import json
-
     from dt_eva.reporting.rank_heatmap import plot_rank_heatmap
 
     files = []
@@ -137,7 +135,7 @@ def _plot_heatmaps(runs: list[RunRecord], out: Path, problems: list[str]) -> lis
         if run.eva_result_path is None:
             continue
         try:
-            ranks = {str(k): int(v) for k, v in json.loads(run.eva_result_path.read_bytes())["ranks"].items()}
+            ranks = {str(k): int(v) for k, v in read_json(run.eva_result_path)["ranks"].items()}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             problems.append(f"{run.eva_result_path} is corrupt ({type(e).__name__}: {e}); no rank heatmap for it")
             continue

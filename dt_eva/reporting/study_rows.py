@@ -9,6 +9,7 @@ their error, as excluded.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from dt_eva.methods.registry import METHODS, normalize_method_name
 from dt_eva.reporting.tables import ConfigKey
 from dt_eva.runs.records import full_task_name
 from dt_eva.runs.results import FIELDS
+from dt_eva.utils.io import read_text
 
 METRIC_COLUMNS = ("success_any", "success_final", "heldout_loss", "final_loss")
 CURVE_METRICS = ("success_any", "success_final", "heldout_loss", "grad_norm")  # the `<metric>@<step>` columns
@@ -68,9 +70,8 @@ def read_study(path: str | Path) -> StudyData:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; pass a sweep's folder or its results.csv "
                                 "(written by `dt-eva sweep`)")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        header, records = list(reader.fieldnames or []), list(reader)
+    reader = csv.DictReader(io.StringIO(read_text(path, "results file"), newline=""))
+    header, records = list(reader.fieldnames or []), list(reader)
     missing = [c for c in REQUIRED if c not in header]
     if missing:
         kind = " (this looks like a pre-training sweep)" if "task" not in header and "seed" in header else ""

@@ -15,6 +15,7 @@ from dt_eva.methods.registry import resolve_method
 from dt_eva.models.config import DTConfig
 from dt_eva.runs.guard import check_run_name
 from dt_eva.training.configs import DataConfig, OptimConfig, TrainConfig
+from dt_eva.utils.checks import check_number, check_seed
 
 TOKEN_TYPE_NAMES = ("state", "rtg", "action", "reward")
 
@@ -32,6 +33,7 @@ class PretrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
+        check_seed("seed", self.seed)
         if not self.run_dir:
             check_run_name(self.name)
 
@@ -97,6 +99,7 @@ class AdaLoraSettings:
             )
         if self.delta_t < 1:
             raise ValueError(f"adalora.delta_t must be >= 1, got {self.delta_t}")
+        check_number("adalora.orth_reg_weight", self.orth_reg_weight, low=0)
 
 
 @dataclass
@@ -161,10 +164,9 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         if self.rank < 1:
             raise ValueError(f"rank must be >= 1, got {self.rank}")
-        if not self.rho >= 1:
-            raise ValueError(f"rho must be >= 1 (1 keeps EVA's ranks uniform), got {self.rho}")
-        if self.alpha <= 0:
-            raise ValueError(f"alpha must be > 0, got {self.alpha}")
+        check_seed("seed", self.seed)
+        check_number("rho", self.rho, low=1, hint=" (1 keeps EVA's ranks uniform)")
+        check_number("alpha", self.alpha, low=0, low_open=True)
         if not 0.0 <= self.adapter_dropout < 1.0:
             raise ValueError(f"adapter_dropout must be in [0, 1), got {self.adapter_dropout}")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:

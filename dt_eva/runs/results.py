@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from dt_eva.runs.episodes import EPISODES, read_episode_rows, run_episode_rows, write_episode_rows
 from dt_eva.runs.guard import config_hash
 from dt_eva.runs.layout import RunPaths
-from dt_eva.utils.io import atomic_write_text, load_json_object, read_metrics
+from dt_eva.utils.io import atomic_write_text, load_json_object, read_metrics, read_text
 
 RESULTS = "results.csv"  # in the sweep's folder
 # results.csv column -> config key, per kind (the settings a study compares)
@@ -106,7 +106,7 @@ def committed_results(path: str | Path) -> dict[str, dict[str, Any]]:
     """The `done` rows of an existing results.csv by run name (empty when there is none). Their values
     stay strings; they are written back as they were read."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = read_text(path, "results file")  # not UTF-8: a ValueError naming it
     except OSError:
         return {}
     rows = csv.DictReader(io.StringIO(text))

@@ -14,14 +14,19 @@ PRECISIONS = ("auto", "bf16", "fp32")
 NATIVE_BF16_CPU_FEATURES = ("avx512_bf16", "amx_bf16")
 
 
-def resolve_device(spec: str = "auto", local_rank: int | None = None) -> torch.device:
-    """"auto" -> CUDA (this rank's GPU under DDP) when available, else CPU; "cuda" / "cuda:N" / "cpu"."""
+def resolve_device(spec: str = "auto", local_rank: int | None = None, key: str = "train.device=") -> torch.device:
+    """"auto" -> CUDA (this rank's GPU under DDP) when available, else CPU; "cuda" / "cuda:N" / "cpu".
+    A string torch does not know (`banana`) or CUDA where there is none is a `ValueError` naming `key`."""
     if spec == "auto":
         spec = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(spec)
+    try:
+        device = torch.device(spec)
+    except RuntimeError:  # torch.device() rejects the string
+        raise ValueError(f"{key}{spec!r} is not a torch device; use cpu, cuda, cuda:N or auto") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"train.device={spec!r} but CUDA is not available here; use train.device=cpu or auto")
+            raise ValueError(f"{key}{spec!r} but CUDA is not available in this torch ({torch.__version__}); "
+                             f"use {key}cpu or auto")
         if device.index is None:
             device = torch.device("cuda", local_rank or 0)
     return device
