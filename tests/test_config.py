@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Literal, Optional, Union
 
 import pytest
+import torch
 import yaml
 
 from dt_eva.config import config_diff, config_to_dict, load_config, parse_override, save_config
@@ -257,3 +258,16 @@ def test_the_eva_section_produces_the_eva_config_with_its_defaults_and_checks():
         EvaSettings(tau=1.5)
     with pytest.raises(ValueError, match=r"^eva\.max_batches must be an integer >= 1, got 0$"):
         EvaSettings(max_batches=0)
+
+
+def test_the_eva_token_types_are_the_models():
+    """The config's token types are the model's (one definition): the default selects every token."""
+    from dt_eva.models import TOKEN_TYPES, DTConfig, DecisionTransformer
+    from dt_eva.runs.configs import EvaSettings
+
+    assert EvaSettings().token_types == list(TOKEN_TYPES) == ["state", "rtg", "action", "reward"]
+    model = DecisionTransformer(DTConfig.tiny())
+    mask = model.token_mask({"states": torch.zeros(1, 2, model.cfg.state_dim)}, EvaSettings().token_types)
+    assert bool(mask.all())
+    with pytest.raises(ValueError, match=r"must be a non-empty list out of \['state', 'rtg', 'action', 'reward'\]"):
+        EvaSettings(token_types=["states"])

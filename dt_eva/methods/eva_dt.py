@@ -18,7 +18,7 @@ from torch import nn
 from dt_eva.data import WindowSampler
 from dt_eva.eva import EvaConfig, compute_eva
 from dt_eva.methods.ranks import rank_grid
-from dt_eva.models import DT_ADAPTER_TARGETS
+from dt_eva.models import DT_ADAPTER_TARGETS, TOKEN_TYPES
 
 # Offset added to the data seed for the EVA sampler; any constant works as long as it differs from
 # the training sampler's seed, so the two streams are independent.
@@ -74,7 +74,7 @@ def compute_dt_eva(
     """
     types = [str(t) for t in token_types]
     if not types:
-        raise ValueError("eva.token_types is empty; choose some of state, rtg, action, reward")
+        raise ValueError(f"eva.token_types is empty; choose some of {', '.join(TOKEN_TYPES)}")
     targets = list(target_modules if target_modules is not None else DT_ADAPTER_TARGETS)
     # token_mask validates the types against the model's layout up front, before any forward pass
     probe = {"states": torch.zeros(1, 1, model.cfg.state_dim)}

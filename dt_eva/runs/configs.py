@@ -13,11 +13,10 @@ from typing import Optional
 
 from dt_eva.eva.config import EvaConfig
 from dt_eva.methods.registry import resolve_method
+from dt_eva.models import TOKEN_TYPES
 from dt_eva.models.config import DTConfig
 from dt_eva.runs.guard import check_run_name
 from dt_eva.training.configs import DataConfig, OptimConfig, TrainConfig
-
-TOKEN_TYPE_NAMES = ("state", "rtg", "action", "reward")
 
 
 @dataclass
@@ -57,17 +56,17 @@ class EvaSettings:
     `eva_config` is the one way from this section to the `EvaConfig` that reaches the SVD.
     """
 
-    token_types: list[str] = field(default_factory=lambda: list(TOKEN_TYPE_NAMES))
+    token_types: list[str] = field(default_factory=lambda: list(TOKEN_TYPES))
     batch_size: int = 16
     tau: float = EvaConfig.tau
     max_batches: int = EvaConfig.max_batches
     adjust_alpha: bool = False
 
     def __post_init__(self) -> None:
-        unknown = [t for t in self.token_types if t not in TOKEN_TYPE_NAMES]
+        unknown = [t for t in self.token_types if t not in TOKEN_TYPES]
         if unknown or not self.token_types:
             raise ValueError(
-                f"eva.token_types {self.token_types!r} must be a non-empty list out of {list(TOKEN_TYPE_NAMES)}"
+                f"eva.token_types {self.token_types!r} must be a non-empty list out of {list(TOKEN_TYPES)}"
             )
         if self.batch_size < 1:
             raise ValueError(f"eva.batch_size must be >= 1, got {self.batch_size}")
