@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from dt_eva.config import load_config
+from dt_eva.eva import EvaConfig
 from dt_eva.experiments.finetune import run_finetune
 from dt_eva.runs.base import load_pretrained_base
 from dt_eva.runs.configs import FinetuneConfig
@@ -124,6 +125,11 @@ def test_eva_finetuning_lowers_the_loss_and_writes_its_artifacts(workspace, tmp_
     assert all(0 <= v <= 1 for v in eva["explained_variance_kept"].values())
     assert (run_dir / "eva" / "ranks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (run_dir / "eva" / "result.safetensors").is_file()
+    # every setting of the config reached the SVD (ft_cfg: rank 2, rho 2, eva.tau 0.9, eva.max_batches 20)
+    from dt_eva.eva import EvaResult
+
+    assert EvaResult.load(run_dir / "eva").config == EvaConfig(rank=2, rho=2.0, tau=0.9, max_batches=20, seed=0,
+                                                               progress=False)
     # the adapters got exactly EVA's ranks, and their A is EVA's components
     model, info = load_finetune_model(run_dir)
     assert info["ranks"] == {k: v for k, v in eva["ranks"].items() if v > 0}
@@ -141,9 +147,9 @@ def test_eva_on_state_tokens_uses_exactly_the_state_rows(workspace):
     base = load_pretrained_base(workspace["pretrain"])
     model = base.build().eval()
     dataset = load_dataset(workspace["data"], tasks=["hammer"])
-    kwargs = dict(rank=2, rho=1.0, batch_size=8, tau=0.99, max_batches=1, seed=5, progress=False)
+    config = EvaConfig(rank=2, rho=1.0, tau=0.99, max_batches=1, seed=5, progress=False)
     with pytest.warns(UserWarning):  # one batch cannot converge
-        result = compute_dt_eva(model, dataset, "hammer-v3", token_types=["state"], **kwargs)
+        result = compute_dt_eva(model, dataset, "hammer-v3", config, token_types=["state"], batch_size=8)
     batch = WindowSampler(dataset, 5, 8, seed=5 + EVA_SEED_OFFSET, tasks=["hammer-v3"]).sample()
     captured = []
     handle = model.blocks[0].attn.qkv.register_forward_hook(lambda m, args, out: captured.append(args[0]))

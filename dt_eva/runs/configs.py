@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from dt_eva.eva.config import EvaConfig
 from dt_eva.methods.registry import resolve_method
+from dt_eva.models import TOKEN_TYPES
 from dt_eva.models.config import DTConfig
 from dt_eva.runs.guard import check_run_name
 from dt_eva.training.configs import DataConfig, OptimConfig, TrainConfig
 from dt_eva.utils.checks import check_number, check_seed
-
-TOKEN_TYPE_NAMES = ("state", "rtg", "action", "reward")
 
 
 @dataclass
@@ -46,33 +46,42 @@ class PretrainConfig:
 
 @dataclass
 class EvaSettings:
-    """How EVA reads the fine-tuning task's data.
+    """How EVA reads the fine-tuning task's data: the `eva:` section of a fine-tuning config.
 
     token_types: which tokens' activations enter each layer's SVD (state, rtg, action, reward).
     batch_size:  windows per EVA batch; each contributes context_len x len(token_types) rows.
     tau:         convergence threshold on the cosine of successive component estimates.
     max_batches: cap on EVA batches (hitting it warns and keeps the latest estimates).
     adjust_alpha: scale each layer's alpha by rank_i / rank so alpha / rank stays uniform.
+
+    `tau` and `max_batches` are `EvaConfig`'s: their defaults and checks live there, and
+    `eva_config` is the one way from this section to the `EvaConfig` that reaches the SVD.
     """
 
-    token_types: list[str] = field(default_factory=lambda: list(TOKEN_TYPE_NAMES))
+    token_types: list[str] = field(default_factory=lambda: list(TOKEN_TYPES))
     batch_size: int = 16
-    tau: float = 0.99
-    max_batches: int = 100
+    tau: float = EvaConfig.tau
+    max_batches: int = EvaConfig.max_batches
     adjust_alpha: bool = False
 
     def __post_init__(self) -> None:
-        unknown = [t for t in self.token_types if t not in TOKEN_TYPE_NAMES]
+        unknown = [t for t in self.token_types if t not in TOKEN_TYPES]
         if unknown or not self.token_types:
             raise ValueError(
-                f"eva.token_types {self.token_types!r} must be a non-empty list out of {list(TOKEN_TYPE_NAMES)}"
+                f"eva.token_types {self.token_types!r} must be a non-empty list out of {list(TOKEN_TYPES)}"
             )
         if self.batch_size < 1:
             raise ValueError(f"eva.batch_size must be >= 1, got {self.batch_size}")
-        if self.max_batches < 1:
-            raise ValueError(f"eva.max_batches must be >= 1, got {self.max_batches}")
-        if not 0.0 <= self.tau <= 1.0:
-            raise ValueError(f"eva.tau must be in [0, 1], got {self.tau}")
+        try:
+            self.eva_config()
+        except ValueError as error:  # EvaConfig's check, named by the config key
+            raise ValueError(f"eva.{str(error).removeprefix('EvaConfig: ')}") from None
+
+    def eva_config(self, rank: int = EvaConfig.rank, rho: float = EvaConfig.rho, seed: int = EvaConfig.seed,
+                   progress: bool = EvaConfig.progress) -> EvaConfig:
+        """The `EvaConfig` of a run with these settings (rank, rho and seed are the run's own keys)."""
+        return EvaConfig(rank=rank, rho=float(rho), tau=float(self.tau), max_batches=self.max_batches, seed=seed,
+                         progress=progress)
 
 
 @dataclass
