@@ -59,12 +59,10 @@ class StudyData:
     rows: list[StudyRow]
     excluded: list[tuple[str, str, str]]  # (name, status, error)
     warnings: list[str] = field(default_factory=list)
+    paths: list[Path] = field(default_factory=list)  # every results.csv read (a study in phases has several)
 
 
-def read_study(path: str | Path) -> StudyData:
-    """The rows of a fine-tuning sweep's results.csv; a clear error when it is missing, of another kind
-    or has no finished run."""
-    path = Path(path)
+def _read_table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; pass a sweep's folder or its results.csv "
                                 "(written by `dt-eva sweep`)")
@@ -76,24 +74,35 @@ def read_study(path: str | Path) -> StudyData:
         kind = " (this looks like a pre-training sweep)" if "task" not in header and "seed" in header else ""
         raise ValueError(f"{path}: columns {missing} are missing{kind}; the study report reads the results.csv "
                          "of a fine-tuning sweep")
-    extras = _extra_columns(header, records)
-    data = StudyData(path, [], [])
+    return header, records
+
+
+def read_study(path: str | Path | list[Path]) -> StudyData:
+    """The rows of a fine-tuning sweep's results.csv, or of several (a study run in phases, one sweep
+    folder each: their rows are pooled); a clear error when one is missing, of another kind or when
+    there is no finished run."""
+    paths = [Path(p) for p in path] if isinstance(path, list) else [Path(path)]
+    tables = [(p, *_read_table(p)) for p in paths]
+    extras = list(dict.fromkeys(c for _, header, records in tables for c in _extra_columns(
+        header, [r for _, _, rs in tables for r in rs])))
+    data = StudyData(paths[0], [], [], paths=paths)
     seen: dict[tuple, str] = {}
-    for i, record in enumerate(records, start=2):  # line 1 is the header
-        if record["status"] != "done":
-            data.excluded.append((record["name"], record["status"], record.get("error") or ""))
-            continue
-        row = _parse_row(record, extras, f"{path}, line {i} ({record['name']})")
-        slot = (row.key, row.task, row.seed)
-        if slot in seen:
-            data.warnings.append(f"runs {seen[slot]} and {row.name} have the same configuration, task and seed; "
-                                 f"{row.name} is left out")
-            continue
-        seen[slot] = row.name
-        data.rows.append(row)
+    for p, _, records in tables:
+        for i, record in enumerate(records, start=2):  # line 1 is the header
+            if record["status"] != "done":
+                data.excluded.append((record["name"], record["status"], record.get("error") or ""))
+                continue
+            row = _parse_row(record, extras, f"{p}, line {i} ({record['name']})")
+            slot = (row.key, row.task, row.seed)
+            if slot in seen:
+                data.warnings.append(f"runs {seen[slot]} and {row.name} have the same configuration, task and "
+                                     f"seed; {row.name} is left out")
+                continue
+            seen[slot] = row.name
+            data.rows.append(row)
     if not data.rows:
         listing = "".join(f"\n  - {n}: {s} {e}".rstrip() for n, s, e in data.excluded)
-        raise ValueError(f"{path}: no finished run (status done) to report on{listing}")
+        raise ValueError(f"{', '.join(map(str, paths))}: no finished run (status done) to report on{listing}")
     return data
 
 
@@ -101,8 +110,8 @@ def _extra_columns(header: list[str], records: list[dict[str, str]]) -> list[str
     """The grid keys outside FIELDS (between `status` and `task`) and `steps`, where finished runs differ in
     them (a constant column tells configurations nothing apart)."""
     columns = header[header.index("status") + 1:header.index("task")] + ["steps"]
-    done = [r for r in records if r["status"] == "done"]
-    return [c for c in columns if len({r.get(c) for r in done}) > 1]
+    done = [r for r in records if r["status"] == "done"]  # records of every table read together
+    return [c for c in columns if len({r[c] for r in done if c in r}) > 1]  # a table without the column: no vote
 
 
 def _parse_row(record: dict[str, str], extras: list[str], where: str) -> StudyRow:
