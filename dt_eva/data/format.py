@@ -31,6 +31,11 @@ ARRAY_SPECS: dict[str, tuple[np.dtype, tuple[int, ...]]] = {
     "random_prefix": (np.dtype(np.int32), ()),
 }
 
+#: Arrays an imported source may lack (L2M's replay buffers record no per-step success and no
+#: collection noise): `task.json` lists them under "unknown" and their files are absent.
+OPTIONAL_ARRAYS = ("successes", "noise", "random_prefix")
+UNKNOWN_KEY = "unknown"
+
 _FINITE_CHECK_EPISODES = 256  # chunk size of the finiteness scan (bounded memory on big datasets)
 _RTG_TOLERANCE = 1e-3
 
@@ -72,8 +77,13 @@ class OfflineDataset:
 
     def task_arrays(self, task: str) -> dict[str, np.ndarray]:
         """Arrays of one task: observations, actions, rewards, successes, returns_to_go, noise,
-        random_prefix (read-only memory maps unless loaded with `mmap=False`)."""
+        random_prefix (read-only memory maps unless loaded with `mmap=False`); an imported task
+        lacks the ones in `unknown_arrays(task)`."""
         return dict(self._arrays[self._key(task)])
+
+    def unknown_arrays(self, task: str) -> list[str]:
+        """The optional arrays (`OPTIONAL_ARRAYS`) the source of `task` did not record, e.g. `successes`."""
+        return list(self._task_info[self._key(task)].get(UNKNOWN_KEY, []))
 
     def task_info(self, task: str) -> dict:
         """The task's `task.json`: collection parameters and return / success statistics."""
@@ -143,19 +153,24 @@ def load_dataset(path: str | Path, tasks: str | Iterable[str] | None = None, mma
     return OfflineDataset(root, metadata, arrays, infos)
 
 
-def read_task_dir(task_dir: str | Path, mmap: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
-    """Read and validate one task directory; returns (task.json content, arrays)."""
+def read_task_dir(task_dir: str | Path, mmap: bool = True, task: str | None = None) -> tuple[dict, dict[str, np.ndarray]]:
+    """Read and validate one task directory; returns (task.json content, arrays). `task`: the task it
+    must hold (default: the directory's name; a writer checks its temporary directory)."""
     task_dir = Path(task_dir)
+    task = task_dir.name if task is None else task
     info_path = task_dir / TASK_FILE
     if not info_path.is_file():
         raise DatasetError(f"{info_path} is missing (incomplete task directory); delete {task_dir} and re-run `dt-eva collect`")
     info = read_json(info_path)
-    if info.get("task") != task_dir.name:
-        raise DatasetError(f"{info_path}: 'task' is {info.get('task')!r} but the directory is {task_dir.name}")
+    if info.get("task") != task:
+        raise DatasetError(f"{info_path}: 'task' is {info.get('task')!r} but the directory is {task}")
     episodes = info.get("episodes")
     if not isinstance(episodes, int) or episodes < 1:
         raise DatasetError(f"{info_path}: 'episodes' must be a positive int, got {episodes!r}")
-    arrays = {name: _load_array(task_dir / f"{name}.npy", mmap, episodes) for name in ARRAY_SPECS}
+    unknown = info.get(UNKNOWN_KEY, [])
+    if not isinstance(unknown, list) or any(name not in OPTIONAL_ARRAYS for name in unknown):
+        raise DatasetError(f"{info_path}: {UNKNOWN_KEY!r} must list some of {', '.join(OPTIONAL_ARRAYS)}, got {unknown!r}")
+    arrays = {name: _load_array(task_dir / f"{name}.npy", mmap, episodes) for name in ARRAY_SPECS if name not in unknown}
     _check_values(task_dir, arrays)
     return info, arrays
 
@@ -208,9 +223,9 @@ def _check_values(task_dir: Path, arrays: dict[str, np.ndarray]) -> None:
         raise DatasetError(
             f"{task_dir / 'returns_to_go.npy'}: does not match the reverse cumulative sum of rewards.npy"
         )
-    if (np.asarray(arrays["noise"]) < 0).any():
+    if "noise" in arrays and (np.asarray(arrays["noise"]) < 0).any():
         raise DatasetError(f"{task_dir / 'noise.npy'}: negative noise std")
-    prefix = np.asarray(arrays["random_prefix"])
+    prefix = np.asarray(arrays.get("random_prefix", np.zeros(0, np.int32)))
     if ((prefix < 0) | (prefix > EPISODE_LENGTH)).any():
         raise DatasetError(f"{task_dir / 'random_prefix.npy'}: values outside 0..{EPISODE_LENGTH}")
 
@@ -227,13 +242,13 @@ def dataset_summary(meta: dict[str, Any]) -> str:
             continue
         lines.append(
             f"{task:<28} {s['episodes']:>5} {s['return_mean']:>11.1f} {s['return_min']:>8.1f} "
-            f"{s['return_max']:>8.1f} {s['success_any']:>8.2f} {s['success_final']:>10.2f}"
+            f"{s['return_max']:>8.1f} {_rate(s['success_any'], 8)} {_rate(s['success_final'], 10)}"
         )
     mean = meta.get("mean")
     if mean:
         lines.append(
             f"{'mean':<28} {'':>5} {mean['return_mean']:>11.1f} {'':>8} {'':>8} "
-            f"{mean['success_any']:>8.2f} {mean['success_final']:>10.2f}"
+            f"{_rate(mean['success_any'], 8)} {_rate(mean['success_final'], 10)}"
         )
     modes: dict[tuple[float, int], list[dict]] = {}
     for task in meta.get("tasks", []):
@@ -248,3 +263,8 @@ def dataset_summary(meta: dict[str, Any]) -> str:
                 f"{np.mean([m['success_any'] for m in ms]):>8.2f} {np.mean([m['success_final'] for m in ms]):>10.2f}"
             )
     return "\n".join(lines)
+
+
+def _rate(value: float | None, width: int) -> str:
+    """A success rate for the summary table; `n/a` where the source recorded no success flags."""
+    return f"{'n/a':>{width}}" if value is None else f"{value:>{width}.2f}"

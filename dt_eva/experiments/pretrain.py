@@ -27,7 +27,7 @@ from dt_eva.training import Trainer, TrainResult, WholeModel
 from dt_eva.training.checkpoint import seed_everything
 from dt_eva.training.distributed import DistContext, barrier, rank_seed
 from dt_eva.utils.io import atomic_write_json
-from dt_eva.utils.precision import resolve_precision
+from dt_eva.utils.precision import precision_name, resolve_precision
 
 KIND = "pretrain"
 
@@ -89,7 +89,7 @@ def prepare_pretrain(cfg: PretrainConfig, resume: bool = False, force: bool = Fa
     paths = RunPaths(cfg.resolved_run_dir)
     # 1. validate: nothing is created or deleted before every check has passed
     batch = local_batch_size(cfg.train.batch_size, dist.world_size)
-    resolve_precision(cfg.train.precision, dist.device)  # a bf16 the device lacks fails before the run exists
+    autocast_dtype = resolve_precision(cfg.train.precision, dist.device)  # a bf16 the device lacks fails here
     dataset = load_pretrain_dataset(cfg)
     targets = eval_targets(cfg, dataset)
     plan_run(dist, cfg, paths, KIND, resume, force)
@@ -105,9 +105,10 @@ def prepare_pretrain(cfg: PretrainConfig, resume: bool = False, force: bool = Fa
     eval_fn = None
     if cfg.train.eval_every > 0 and targets and dist.is_main:
         eval_fn = make_eval_fn(list(targets), targets, cfg.data, cfg.train.eval_episodes, cfg.seed, dist.device,
-                               eval_results)
+                               eval_results, precision_name(autocast_dtype))
     trainer = Trainer(
         WholeModel(model), sampler, cfg.optim, cfg.train, paths, dist=dist, eval_fn=eval_fn,
+        autocast_dtype=autocast_dtype,
         tokens_per_sample=cfg.model.context_len * cfg.model.tokens_per_step,
         # every parameter takes part in the loss (the DT has no embedding for a modality its layout
         # lacks), so DDP need not search the graph for unused ones
@@ -135,6 +136,7 @@ def finish_pretrain(setup: PretrainSetup, result: TrainResult) -> dict:
         "world_size": result.world_size,
         "device": str(trainer.device),
         "precision": result.precision,
+        "machines": result.machines,
         "parameters": sum(p.numel() for p in trainer.model.parameters()),
         "tasks": list(setup.dataset.tasks),
         "eval": (final_eval or {}).get("mean"),

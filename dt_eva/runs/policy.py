@@ -42,6 +42,8 @@ def collect_hint(data_path: str | Path, task: str) -> str:
     command = f"dt-eva collect --tasks {short_name(task)} --out {data_path}"
     try:
         meta = json.loads((Path(data_path) / METADATA_FILE).read_text(encoding="utf-8"))
+        if "source" in meta:  # an imported dataset: `collect` cannot add to it, a new import can hold the task
+            return f"dt-eva import --from {meta['source']['kind']} {meta['source']['path']} --out <new dataset>"
         noise = ",".join(f"{float(x):g}" for x in meta["noise_levels"])
         prefixes = ",".join(str(int(x)) for x in meta.get("random_prefixes", [0]))
         return f"{command} --episodes {int(meta['episodes'])} --noise {noise} --random-prefix {prefixes} --seed {int(meta['seed'])}"

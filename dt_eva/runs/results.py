@@ -6,8 +6,10 @@ columns: name, status (done | failed | pending), the grid keys that are not belo
 final evaluation), `success_any@<step>`, `success_final@<step>`, `heldout_loss@<step>` for every evaluated
 (or probed) step and `grad_norm@<step>` for every logged step (the mean over the steps since the last log),
 total_rank, adapter_ranks (JSON), eva_init_seconds, seconds (training, evaluations included; EVA init not),
-eval_seconds (the evaluations' and probes' share of seconds), precision (what `precision: auto` resolved
-to on the machine that ran it: fp32 or bf16), error, config_hash
+eval_seconds (the evaluations' and probes' share of seconds), precision (the training precision: what
+`train.precision` resolved to on the machine that ran it, fp32 or bf16), eval_precision (the final
+evaluation's), cpu (the CPUs that trained it, `dt_eva.utils.precision.cpu_model`, " | "-separated when a
+resumed run crossed machines), error, config_hash
 (`dt_eva.runs.guard.config_hash` of the run's config), run_dir.
 
 `results.csv` is what a study commits (its run directories are not): a run whose directory is gone but
@@ -24,6 +26,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
+from dt_eva.runs.episodes import EPISODES, read_episode_rows, run_episode_rows, write_episode_rows
 from dt_eva.runs.guard import config_hash
 from dt_eva.runs.layout import RunPaths
 from dt_eva.utils.io import atomic_write_text, load_json_object, read_metrics
@@ -36,8 +39,8 @@ FIELDS = {
     "pretrain": {"seed": "seed", "lr": "optim.lr", "steps": "train.steps", "batch_size": "train.batch_size"},
 }
 MEASURED = ("final_loss", "heldout_loss", "success_any", "success_final", "episodes")
-TAIL = ("total_rank", "adapter_ranks", "eva_init_seconds", "seconds", "eval_seconds", "precision", "error",
-        "config_hash", "run_dir")
+TAIL = ("total_rank", "adapter_ranks", "eva_init_seconds", "seconds", "eval_seconds", "precision",
+        "eval_precision", "cpu", "error", "config_hash", "run_dir")
 # metrics.jsonl key -> results.csv column prefix: one `<prefix>@<step>` column per step that logged it
 CURVES = (("eval/success_any", "success_any"), ("eval/success_final", "success_final"),
           ("heldout/loss", "heldout_loss"), ("grad_norm", "grad_norm"))
@@ -60,6 +63,8 @@ class ResultsTable:
         self.path, self.kind, self.runs = Path(path), kind, runs
         self.grid_keys = [k for k in grid_keys if k not in FIELDS[kind].values()]
         self.committed = committed_results(self.path)
+        self.episodes_path = self.path.parent / EPISODES
+        self.episodes = read_episode_rows(self.episodes_path)
         self.rows = {r.name: self._row(r, "done" if r.status == "done" else "pending", None) for r in runs}
 
     def record(self, run: SweepRunLike, error: str | None) -> None:
@@ -78,18 +83,22 @@ class ResultsTable:
         writer.writeheader()
         writer.writerows([{k: _cell(row.get(k)) for k in writer.fieldnames} for row in rows])
         atomic_write_text(self.path, text.getvalue())
+        if any(self.episodes.values()) or self.episodes_path.is_file():
+            write_episode_rows(self.episodes_path, self.episodes, [r.name for r in self.runs])
 
     def _row(self, run: SweepRunLike, status: str, error: str | None) -> dict[str, Any]:
         digest = config_hash(run.config)
         kept = self.committed.get(run.name)
         if status == "done" and not RunPaths(run.run_dir).summary.is_file() and kept and kept["config_hash"] == digest:
             return {**kept, "run_dir": str(run.run_dir)}  # finished in an earlier session; only its row is left
+        self.episodes.pop(run.name, None)
         row: dict[str, Any] = {"name": run.name, "status": status, "error": error, "run_dir": str(run.run_dir),
                                "config_hash": digest}
         row.update({k: config_value(run.config, k) for k in self.grid_keys})
         row.update({col: config_value(run.config, key) for col, key in FIELDS[self.kind].items()})
         if status == "done":
             row.update(read_run_results(run.run_dir))
+            self.episodes[run.name] = run_episode_rows(run.name, run.run_dir)
         return row
 
 
@@ -115,6 +124,7 @@ def read_run_results(run_dir: str | Path) -> dict[str, Any]:
            "success_any": mean.get("success_any"), "success_final": mean.get("success_final"),
            "episodes": evaluation.get("episodes"), "total_rank": summary.get("total_rank"),
            "eva_init_seconds": summary.get("eva_init_seconds"), "precision": summary.get("precision"),
+           "eval_precision": evaluation.get("precision"), "cpu": " | ".join(summary.get("machines") or []) or None,
            "adapter_ranks": json.dumps(ranks, separators=(",", ":")) if ranks else None}
     by_step: dict[int, dict[str, Any]] = {}
     for record in read_metrics(paths.metrics):  # a resumed run logs some steps twice: the later line wins

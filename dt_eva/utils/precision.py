@@ -56,6 +56,34 @@ def _host_cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+#: CPU features that set a CPU's arithmetic speed and precision paths (recorded with every measurement).
+RECORDED_CPU_FEATURES = ("avx2", "avx512f", *NATIVE_BF16_CPU_FEATURES)
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """This machine's CPU as recorded in summaries, evaluation records and results.csv, e.g.
+    "AMD EPYC (avx2, avx512f, avx512_bf16)": the model name alone does not tell an AVX2-only EPYC from
+    one with native bf16, and the two give different arithmetic under `precision: auto`."""
+    name = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    if not name:
+        import platform
+
+        name = platform.processor() or platform.machine() or "unknown CPU"
+    flags = _host_cpu_flags()
+    # torch's cpuinfo says avx512_f where /proc/cpuinfo says avx512f
+    features = [f for f in RECORDED_CPU_FEATURES if f in flags or f.replace("avx512f", "avx512_f") in flags]
+    return f"{name} ({', '.join(features)})" if features else name
+
+
 def cpu_has_native_bf16() -> bool:
     """True when this CPU executes bf16 matmuls natively (AVX512-BF16 or AMX-BF16)."""
     return bool(cpu_native_bf16_features())
