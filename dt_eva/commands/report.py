@@ -63,6 +63,7 @@ def study(results: list[str], out: Path, plots: bool, deltas: list[float]) -> in
     from dt_eva.reporting.study_report import build_study_report
 
     report = build_study_report(results, out, plots=plots, power_deltas=deltas)
+    print(report["header"] + "\n")
     for text in report["sections"]:
         print(text)
     if report["excluded"]:

@@ -33,8 +33,10 @@ from dt_eva.reporting.study_dynamics import (
 from dt_eva.reporting.study_ordering import ordering_markdown, ordering_vs_paper
 from dt_eva.reporting.study_pertask import per_task_section
 from dt_eva.reporting.study_power import DEFAULT_DELTAS, check_deltas, power_csv, power_markdown, power_rows
+from dt_eva.reporting.study_quality import quality_section
 from dt_eva.reporting.study_ranks import eva_rows, init_time_table, rank_csv, rank_markdown, rank_summary
 from dt_eva.reporting.study_rows import StudyData, StudyKey, StudyRow, read_study
+from dt_eva.reporting.study_rliable import INSTALL
 from dt_eva.reporting.study_stats import paired_tests, tests_csv, tests_markdown
 from dt_eva.reporting.study_tables import PAPER_TABLE6_AVG, TABLE_METRICS, study_tables
 from dt_eva.reporting.tables import METRIC_LABELS, short_task_name
@@ -42,6 +44,8 @@ from dt_eva.runs.results import RESULTS
 from dt_eva.utils.io import atomic_dir, atomic_write_text
 
 PathLike = str | os.PathLike
+LISTED = 8  # left-out pairs named per comparison (a partial grid can leave out dozens)
+VALIDATION_PREFIX = "validation"  # a parent folder's validation sweep is not pooled with its main grid
 
 
 def results_csv_of(path: PathLike) -> Path | None:
@@ -56,14 +60,9 @@ def results_csv_of(path: PathLike) -> Path | None:
 
 def results_csvs_of(paths: list[PathLike]) -> list[Path] | None:
     """The results.csv files that `paths` name (each a results.csv, a sweep folder, or a folder whose
-    sub-folders are sweep folders: a study run in phases); None when none of them names one (then they
-    are run directories). A path that names none while others do is an error."""
-    found: list[list[Path]] = []
-    for path in paths:
-        own = results_csv_of(path)
-        below = sorted(p / RESULTS for p in Path(path).iterdir() if (p / RESULTS).is_file()) if (
-            own is None and Path(path).is_dir()) else []
-        found.append([own] if own is not None else below)
+    sub-folders are sweep folders: a study run in phases, e.g. studies/cw10-ii); None when none of them
+    names one (then they are run directories). A path that names none while others do is an error."""
+    found = [_named_csvs(Path(path)) for path in paths]
     if not any(found):
         return None
     for path, files in zip(paths, found):
@@ -71,6 +70,16 @@ def results_csvs_of(paths: list[PathLike]) -> list[Path] | None:
             raise FileNotFoundError(f"{path}: no results.csv there (nor in its sub-folders); pass sweep folders "
                                     "or their results.csv files")
     return list(dict.fromkeys(f for files in found for f in files))
+
+
+def _named_csvs(path: Path) -> list[Path]:
+    """`path`'s own results.csv, or those of the sweep folders directly below it except a learning-rate
+    validation (`validation*`: another design, other tasks and seeds; name it to pool it)."""
+    own = results_csv_of(path)
+    if own is not None or not path.is_dir():
+        return [own] if own is not None else []
+    return sorted(p / RESULTS for p in path.iterdir()
+                  if (p / RESULTS).is_file() and not p.name.startswith(VALIDATION_PREFIX))
 
 
 def comparisons(rows: list[StudyRow], chosen: dict[str, StudyKey]) -> tuple[list[PairedDifference], list[str]]:
@@ -110,7 +119,8 @@ def comparisons_markdown(diffs: list[PairedDifference], not_computed: list[str])
                      f"{d.task_interval(digits)} | {mdd} | {d.verdict()} | {paper} |")
         for missing, present in ((d.b, d.only_a), (d.a, d.only_b)):
             if present:
-                pairs = ", ".join(f"{short_task_name(t)}/seed {s}" for t, s in present)
+                pairs = ", ".join(f"{short_task_name(t)}/seed {s}" for t, s in present[:LISTED]) + (
+                    ", …" if len(present) > LISTED else "")
                 notes.append(f"{name}, {METRIC_LABELS[d.metric]}: {len(present)} pair(s) left out, "
                              f"{method_label(missing)} missing: {pairs}.")
     lines += ["", ("Mean difference: the first method minus the second over the (task, seed) pairs where both "
@@ -180,9 +190,9 @@ def _header(data: StudyData) -> str:
             f"{len(methods)} method(s), {len(tasks)} task(s), seeds {', '.join(map(str, seeds))}.")
 
 
-def _sections(data: StudyData, out: Path, plots: bool,
-              deltas: list[float]) -> tuple[list[str], dict[str, str], list[Path]]:
-    """Markdown sections, CSV files (name -> text) and PNGs written under `out`."""
+def _sections(data: StudyData, out: Path, plots: bool, deltas: list[float],
+              warnings: list[str]) -> tuple[list[str], dict[str, str], list[Path]]:
+    """Markdown sections, CSV files (name -> text) and PNGs written under `out`; adds to `warnings`."""
     tables, chosen = study_tables(data.rows)
     sections = [t.to_markdown() for t in tables]
     files = {f"{t.name}.csv": t.to_csv() for t in tables}
@@ -190,7 +200,7 @@ def _sections(data: StudyData, out: Path, plots: bool,
     if diffs or not_computed:
         sections.append(comparisons_markdown(diffs, not_computed))
         files["comparisons.csv"] = comparisons_csv(diffs)
-        _statistics(diffs, data.rows, chosen, deltas, sections, files)
+        _statistics(diffs, data.rows, chosen, deltas, sections, files, warnings)
     for metric in ("success_any", "success_final"):
         ordering = ordering_vs_paper(data.rows, chosen, metric)
         if ordering is not None:
@@ -230,9 +240,19 @@ def _sections(data: StudyData, out: Path, plots: bool,
 
 
 def _statistics(diffs: list[PairedDifference], rows: list[StudyRow], chosen: dict[str, StudyKey],
-                deltas: list[float], sections: list[str], files: dict[str, str]) -> None:
-    """The tests with Holm, the per-task tables and the power section (scipy.stats; always written)."""
-    tests = paired_tests(diffs)
+                deltas: list[float], sections: list[str], files: dict[str, str], warnings: list[str]) -> None:
+    """The tests with Holm and verdicts, the per-task tables, the power and the data-quality sections
+    (the first and third need scipy: without it, the note that says what to install)."""
+    quality, files["quality.csv"], more = quality_section(diffs, rows, chosen)
+    warnings += more
+    try:
+        import scipy.stats  # noqa: F401
+    except ImportError as error:
+        sections.append(f"### Tests, verdicts and power\n\nThe sign-flip and Wilcoxon tests, Holm's correction, the "
+                        f"verdicts and the power section need scipy ({INSTALL}); not written here ({error}).\n")
+        tests = []
+    else:
+        tests = paired_tests(diffs)
     if tests:
         sections.append(tests_markdown(tests))
         files["tests.csv"] = tests_csv(tests)
@@ -240,10 +260,11 @@ def _statistics(diffs: list[PairedDifference], rows: list[StudyRow], chosen: dic
     if per_task:
         sections.append(per_task[0])
         files["per_task.csv"] = per_task[1]
-    power = power_rows(diffs, deltas)
+    power = power_rows(diffs, deltas) if tests else []
     if power:
         sections.append(power_markdown(power, deltas))
         files["power.csv"] = power_csv(power)
+    sections.append(quality)
 
 
 def _rliable_sections(rows: list[StudyRow], chosen: dict[str, StudyKey], out: Path, plots: bool,
@@ -288,7 +309,7 @@ def build_study_report(results: PathLike | list[PathLike], out_dir: PathLike, pl
     comparisons.csv, tests.csv (permutation / Wilcoxon with Holm), per_task.csv, power.csv (differences
     `power_deltas` sized), rliable.csv and profiles/*.png (with rliable installed), curves.csv and
     curves/*.png, eva_ranks.csv and heatmaps/*.png, eva_init_time.csv.
-    Returns {"out_dir", "markdown", "sections", "files", "rows", "excluded", "warnings"}."""
+    Returns {"out_dir", "markdown", "header", "sections", "files", "rows", "excluded", "warnings"}."""
     out = Path(out_dir)
     deltas = check_deltas(list(power_deltas))
     paths = results_csvs_of(list(results) if isinstance(results, (list, tuple)) else [results])
@@ -298,7 +319,7 @@ def build_study_report(results: PathLike | list[PathLike], out_dir: PathLike, pl
     data = read_study(paths)
     warnings = data_warnings(data)
     with atomic_dir(out) as tmp:
-        sections, files, images = _sections(data, tmp, plots, deltas)
+        sections, files, images = _sections(data, tmp, plots, deltas, warnings)
         for name, text in files.items():
             atomic_write_text(tmp / name, text)
         parts = [_REPORT_TITLE + ": study", "", _header(data), ""] + sections
@@ -311,5 +332,6 @@ def build_study_report(results: PathLike | list[PathLike], out_dir: PathLike, pl
         markdown = "\n".join(parts)
         atomic_write_text(tmp / "report.md", markdown)
         written = [out / "report.md"] + [out / n for n in files] + [out / f.relative_to(tmp) for f in images]
-    return {"out_dir": str(out), "markdown": markdown, "sections": sections, "files": [str(f) for f in written],
+    return {"out_dir": str(out), "markdown": markdown, "header": _header(data), "sections": sections,
+            "files": [str(f) for f in written],
             "rows": [r.name for r in data.rows], "excluded": data.excluded, "warnings": warnings}

@@ -51,6 +51,8 @@ class StudyRow:
     eva_init_seconds: float | None
     seconds: float | None
     precision: str | None = None  # fp32 / bf16; None in tables written before the column existed
+    eval_precision: str | None = None  # the final evaluation's precision; None before the column existed
+    cpu: str | None = None  # the CPUs that ran it, " | "-separated when a resumed run crossed machines
 
 
 @dataclass
@@ -138,7 +140,8 @@ def _parse_row(record: dict[str, str], extras: list[str], where: str) -> StudyRo
         raise ValueError(f"{where}: the seed is empty")
     return StudyRow(record["name"], key, full_task_name(record["task"]), int(seed), values, curves,
                     int(episodes) if episodes is not None else None, _ranks(record.get("adapter_ranks"), where),
-                    number("eva_init_seconds"), number("seconds"), record.get("precision") or None)
+                    number("eva_init_seconds"), number("seconds"), record.get("precision") or None,
+                    record.get("eval_precision") or None, record.get("cpu") or None)
 
 
 def _number(text: str | None, column: str, where: str) -> float | None:
