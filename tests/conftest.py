@@ -32,3 +32,12 @@ def collected_reach_window(tmp_path_factory):
     collect_dataset(out, ["reach-v3", "window-close-v3"], episodes=3, noise_levels=[0.0, 0.5], seed=0, workers=1,
                     progress=False)
     return out
+
+
+@pytest.fixture(autouse=True)
+def _few_rliable_resamples(monkeypatch):
+    """rliable's stratified bootstrap (2,000 resamples per interval) dominates a study report's time; tests
+    check its point estimates and the sections' shape, which do not depend on the number of resamples."""
+    import dt_eva.reporting.study_rliable as study_rliable
+
+    monkeypatch.setattr(study_rliable, "REPS", 50)
