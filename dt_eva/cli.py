@@ -17,13 +17,20 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse  # noqa: E402
 import errno  # noqa: E402
 import importlib  # noqa: E402
+import keyword  # noqa: E402
 import sys  # noqa: E402
+from types import ModuleType  # noqa: E402
 
-COMMANDS = ("collect", "pretrain", "finetune", "sweep", "evaluate", "report", "demo")
+COMMANDS = ("collect", "import", "export", "pretrain", "finetune", "sweep", "evaluate", "report", "demo")
 
 
 class UserError(Exception):
     """An error caused by the user's input; printed without a traceback."""
+
+
+def command_module(name: str) -> ModuleType:
+    """`dt_eva.commands.<name>`; a command named by a Python keyword lives in `<name>_.py` (`import_.py`)."""
+    return importlib.import_module(f"dt_eva.commands.{name}{'_' if keyword.iskeyword(name) else ''}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +46,7 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argume
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands = {}
     for name in COMMANDS:
-        module = importlib.import_module(f"dt_eva.commands.{name}")
+        module = command_module(name)
         commands[name] = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(commands[name])
         commands[name].set_defaults(_module=module)

@@ -22,7 +22,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from dt_eva.utils.io import atomic_write_text
+from dt_eva.utils.io import atomic_write_text, read_yaml
 
 T = TypeVar("T")
 _MISSING = object()
@@ -117,12 +117,14 @@ def config_diff(a: Any, b: Any) -> dict[str, tuple[Any, Any]]:
 def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     """Read a YAML file whose top level is a mapping (an empty file is `{}`)."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"config file {path} is a directory; pass a YAML file (e.g. {path}/base.yaml)")
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_YamlLoader)
-    except yaml.YAMLError as e:
-        raise ValueError(f"config file {path} is not valid YAML: {e}") from None
+        data = read_yaml(path, _YamlLoader)
+    except ValueError as e:
+        raise ValueError(f"config file {e}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

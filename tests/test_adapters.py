@@ -480,3 +480,25 @@ def test_training_moves_only_adapters_and_lowers_the_loss():
             ".bias", ".base_layer.bias"
         )
         assert torch.equal(state[wrapped_key], value), key
+
+
+def test_every_user_of_a_layer_shape_reads_it_from_one_place():
+    """nn.Linear stores (out, in) and Conv1D (in, out): EVA's matching, the adapters, the PEFT bridge and
+    the fine-tuning rank check all get (in, out) from `eva.matching.weight_shape`; a module that only
+    looks like a Conv1D (wrong layout) is adaptable nowhere."""
+    from dt_eva.adapters.layers import layer_kind as adapters_layer_kind
+    from dt_eva.eva.matching import adaptable_in_features, is_conv1d, layer_kind, weight_shape
+    from dt_eva.methods.model import check_rank_fits
+
+    linear, conv = nn.Linear(4, 6), Conv1D(6, 4)  # both 4 -> 6
+    assert [layer_kind(linear), layer_kind(conv)] == ["linear", "conv1d"] and is_conv1d(conv)
+    assert weight_shape(linear) == weight_shape(conv) == (4, 6)
+    assert adaptable_in_features(linear) == adaptable_in_features(conv) == 4
+    assert LoraLayer(conv, rank=2).in_features == 4 and adapters_layer_kind is layer_kind
+    fake = Conv1D(6, 4)
+    fake.nf = 5  # not the stored layout
+    assert layer_kind(fake) is None and adaptable_in_features(fake) is None
+    with pytest.raises(ValueError, match="cannot adapt a Conv1D: only nn.Linear and GPT-2 Conv1D"):
+        LoraLayer(fake, rank=2)
+    with pytest.raises(ValueError, match=r"^rank = 5 is too large for layer 'mid' \(4 -> 6 features\)"):
+        check_rank_fits(nn.ModuleDict({"mid": conv}), ["mid"], 5)

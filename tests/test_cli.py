@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dt_eva.cli import COMMANDS, UserError, build_parser, main, parse_args
+from dt_eva.cli import COMMANDS, UserError, build_parser, command_module, main, parse_args
 from dt_eva.config import load_config
 from dt_eva.runs.configs import PretrainConfig
 
@@ -101,7 +101,7 @@ def test_each_commands_help_text_is_its_modules_help(monkeypatch, capsys):
     parser = build_parser()
     top_help = " ".join(parser.format_help().split())  # argparse wraps lines
     for name in COMMANDS:
-        module = importlib.import_module(f"dt_eva.commands.{name}")
+        module = command_module(name)
         assert " ".join(module.HELP.split()) in top_help
     monkeypatch.setattr(importlib.import_module("dt_eva.commands.pretrain"), "HELP", "A new help text.")
     with pytest.raises(SystemExit):

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Literal, Optional, Union
 
 import pytest
+import torch
 import yaml
 
 from dt_eva.config import config_diff, config_to_dict, load_config, parse_override, save_config
@@ -239,3 +240,34 @@ def test_every_shipped_and_legacy_config_loads(path, tmp_path):
     assert cfg.data.path == raw["data"]["path"] and cfg.train.steps == raw["train"]["steps"]
     save_config(cfg, tmp_path / "again.yaml")
     assert load_config(cls, tmp_path / "again.yaml") == cfg
+
+
+def test_the_eva_section_produces_the_eva_config_with_its_defaults_and_checks():
+    """`eva:` of a fine-tuning config reaches EVA as one `EvaConfig`: the same defaults, the run's rank,
+    rho, seed and progress, and EvaConfig's own checks reported under the config key."""
+    from dt_eva.eva import EvaConfig
+    from dt_eva.experiments.eva_init import eva_config_of
+    from dt_eva.runs.configs import EvaSettings, FinetuneConfig
+
+    assert eva_config_of(FinetuneConfig()) == EvaConfig()  # the defaults agree field by field
+    cfg = load_config(FinetuneConfig, None, ["rank=3", "rho=1.5", "seed=7", "eva.tau=1", "eva.max_batches=4",
+                                             "train.progress=false"])
+    assert eva_config_of(cfg) == EvaConfig(rank=3, rho=1.5, tau=1.0, max_batches=4, seed=7, progress=False)
+    assert isinstance(eva_config_of(cfg).tau, float)  # saved in result.json as 1.0, as before
+    with pytest.raises(ValueError, match=r"^eva\.tau must be a number in \[0, 1\].*got 1\.5$"):
+        EvaSettings(tau=1.5)
+    with pytest.raises(ValueError, match=r"^eva\.max_batches must be an integer >= 1, got 0$"):
+        EvaSettings(max_batches=0)
+
+
+def test_the_eva_token_types_are_the_models():
+    """The config's token types are the model's (one definition): the default selects every token."""
+    from dt_eva.models import TOKEN_TYPES, DTConfig, DecisionTransformer
+    from dt_eva.runs.configs import EvaSettings
+
+    assert EvaSettings().token_types == list(TOKEN_TYPES) == ["state", "rtg", "action", "reward"]
+    model = DecisionTransformer(DTConfig.tiny())
+    mask = model.token_mask({"states": torch.zeros(1, 2, model.cfg.state_dim)}, EvaSettings().token_types)
+    assert bool(mask.all())
+    with pytest.raises(ValueError, match=r"must be a non-empty list out of \['state', 'rtg', 'action', 'reward'\]"):
+        EvaSettings(token_types=["states"])

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from dt_eva.config import load_config
+from dt_eva.eva import EvaConfig
 from dt_eva.experiments.finetune import run_finetune
 from dt_eva.runs.base import load_pretrained_base
 from dt_eva.runs.configs import FinetuneConfig
@@ -124,6 +125,11 @@ def test_eva_finetuning_lowers_the_loss_and_writes_its_artifacts(workspace, tmp_
     assert all(0 <= v <= 1 for v in eva["explained_variance_kept"].values())
     assert (run_dir / "eva" / "ranks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (run_dir / "eva" / "result.safetensors").is_file()
+    # every setting of the config reached the SVD (ft_cfg: rank 2, rho 2, eva.tau 0.9, eva.max_batches 20)
+    from dt_eva.eva import EvaResult
+
+    assert EvaResult.load(run_dir / "eva").config == EvaConfig(rank=2, rho=2.0, tau=0.9, max_batches=20, seed=0,
+                                                               progress=False)
     # the adapters got exactly EVA's ranks, and their A is EVA's components
     model, info = load_finetune_model(run_dir)
     assert info["ranks"] == {k: v for k, v in eva["ranks"].items() if v > 0}
@@ -141,9 +147,9 @@ def test_eva_on_state_tokens_uses_exactly_the_state_rows(workspace):
     base = load_pretrained_base(workspace["pretrain"])
     model = base.build().eval()
     dataset = load_dataset(workspace["data"], tasks=["hammer"])
-    kwargs = dict(rank=2, rho=1.0, batch_size=8, tau=0.99, max_batches=1, seed=5, progress=False)
+    config = EvaConfig(rank=2, rho=1.0, tau=0.99, max_batches=1, seed=5, progress=False)
     with pytest.warns(UserWarning):  # one batch cannot converge
-        result = compute_dt_eva(model, dataset, "hammer-v3", token_types=["state"], **kwargs)
+        result = compute_dt_eva(model, dataset, "hammer-v3", config, token_types=["state"], batch_size=8)
     batch = WindowSampler(dataset, 5, 8, seed=5 + EVA_SEED_OFFSET, tasks=["hammer-v3"]).sample()
     captured = []
     handle = model.blocks[0].attn.qkv.register_forward_hook(lambda m, args, out: captured.append(args[0]))
@@ -324,7 +330,7 @@ def test_heldout_loss_is_logged_at_every_evaluation_step(workspace, tmp_path):
     from dt_eva.evaluation.offline import heldout_batches, heldout_loss
 
     run_dir = run_finetune(ft_cfg(workspace, tmp_path / "ho", "method=lora", "train.eval_every=2",
-                                  f"heldout_path={workspace['data']}"))
+                                  "train.precision=fp32", f"heldout_path={workspace['data']}"))
     logged = {r["step"]: r["heldout/loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "heldout/loss" in r}
     assert sorted(logged) == [2, 4]
     model, _ = load_finetune_model(run_dir, merged=False)
@@ -355,3 +361,33 @@ def test_probe_logs_heldout_loss_between_evaluations_without_changing_training(w
     assert [r["step"] for r in probe_seconds] == [1, 2, 3]  # step 4 is an evaluation step: eval/seconds
     with pytest.raises(ValueError, match="train.probe_every must be >= 0"):
         ft_cfg(workspace, tmp_path / "bad", "train.probe_every=-1")
+
+
+def test_pinned_fp32_finetune_evaluates_in_fp32_on_a_cpu_with_native_bf16(workspace, tmp_path, monkeypatch):
+    """The run's precision is resolved once and reaches every evaluation: online rollouts, the held-out
+    probe, `evaluate_run`'s default and the records (before the fix, in-training evaluation re-resolved
+    `auto` and ran bf16 autocast under a pinned fp32)."""
+    from dt_eva.data import load_dataset
+    from dt_eva.evaluation.offline import heldout_batches, heldout_loss
+    from dt_eva.experiments.evaluate import evaluate_run
+    from dt_eva.utils import precision as precision_module
+
+    monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: True)
+    common = ("method=lora", "train.eval_every=4", "train.eval_episodes=1", f"heldout_path={workspace['data']}")
+    pinned = run_finetune(ft_cfg(workspace, tmp_path / "fp32", *common, "train.precision=fp32"))
+    auto = run_finetune(ft_cfg(workspace, tmp_path / "auto", *common, "train.precision=auto"))
+    for run_dir, want in ((pinned, "fp32"), (auto, "bf16")):
+        record = json.loads((run_dir / "eval.json").read_text())
+        assert (record["precision"], record["train_precision"]) == (want, want)
+        assert record["cpu"] == precision_module.cpu_model()
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["precision"] == want and summary["machines"] == [precision_module.cpu_model()]
+        model, _ = load_finetune_model(run_dir, merged=False)
+        batches = heldout_batches(load_dataset(workspace["data"], tasks=["hammer"]), "hammer-v3", 5, 200.0, 200.0)
+        dtype = torch.bfloat16 if want == "bf16" else None
+        assert summary["heldout_loss"] == heldout_loss(model, batches, dtype)  # the probe ran at the run's precision
+        again = evaluate_run(run_dir, episodes=1, progress=False)  # default: the run's own precision
+        assert (again["precision"], again["train_precision"]) == (want, want)
+    assert evaluate_run(pinned, episodes=1, progress=False, precision="auto")["precision"] == "bf16"
+    bf16_loss = heldout_loss(load_finetune_model(pinned, merged=False)[0], batches, torch.bfloat16)
+    assert bf16_loss != json.loads((pinned / "summary.json").read_text())["heldout_loss"]  # the check can fail

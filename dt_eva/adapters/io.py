@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from dt_eva.adapters.inject import RESIDUAL_INITS, _freeze_all_but_adapters, _set_submodule, adapter_layers
+from dt_eva.adapters.inject import (RESIDUAL_INITS, _freeze_all_but_adapters, _set_submodule, adapter_layers,
+                                    unload_adapters)
 from dt_eva.adapters.layers import ADAPTER_CLASSES, weight_shape
 
 __all__ = [
@@ -126,20 +127,26 @@ def load_adapter_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) ->
         raise ValueError(
             f"adapter weights do not fit the model's adapters: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
+    pairs: list[tuple[torch.Tensor, torch.Tensor]] = []  # (target, value): every check passes before any copy
+    for name, layer in layers.items():
+        if layer.merged:
+            raise ValueError(f"adapter {name!r} is merged; unmerge_adapters() before loading weights")
+        targets: dict[str, torch.Tensor] = dict(layer.adapter_tensors())
+        if f"{name}.base_weight" in state:
+            targets["base_weight"] = layer.base_layer.weight
+        for key, target in targets.items():
+            value = state[f"{name}.{key}"]
+            if value.shape != target.shape:
+                raise ValueError(
+                    f"{name}.{key}: saved shape {tuple(value.shape)} != model shape {tuple(target.shape)}"
+                )
+            if not (value.is_floating_point() and bool(torch.isfinite(value).all())):
+                raise ValueError(f"{name}.{key}: holds {'non-finite values' if value.is_floating_point() else value.dtype}, "
+                                 "not finite floating-point weights")
+            pairs.append((target, value))
     with torch.no_grad():
-        for name, layer in layers.items():
-            if layer.merged:
-                raise ValueError(f"adapter {name!r} is merged; unmerge_adapters() before loading weights")
-            targets: dict[str, torch.Tensor] = dict(layer.adapter_tensors())
-            if f"{name}.base_weight" in state:
-                targets["base_weight"] = layer.base_layer.weight
-            for key, target in targets.items():
-                value = state[f"{name}.{key}"]
-                if value.shape != target.shape:
-                    raise ValueError(
-                        f"{name}.{key}: saved shape {tuple(value.shape)} != model shape {tuple(target.shape)}"
-                    )
-                target.copy_(value.to(target.device, target.dtype))
+        for target, value in pairs:
+            target.copy_(value.to(target.device, target.dtype))
 
 
 def save_adapters(model: nn.Module, path: str | os.PathLike) -> Path:
@@ -159,19 +166,59 @@ def save_adapters(model: nn.Module, path: str | os.PathLike) -> Path:
 
 def load_adapters(model: nn.Module, path: str | os.PathLike) -> dict[str, int]:
     """Inject the adapters saved at `path` into `model` (a fresh copy of the base model) and load
-    their weights; returns `{module name: rank}`. Only adapter parameters are left trainable."""
-    from safetensors.torch import load_file
+    their weights; returns `{module name: rank}`. Only adapter parameters are left trainable.
+
+    A damaged or tampered directory is a `ValueError` naming the file; the model is then left as it
+    was (no adapters, same trainable parameters), so a corrected retry works."""
+    from dt_eva.utils.io import read_json
+    from dt_eva.utils.torchfiles import load_safetensors
 
     path = Path(path)
     config_file, weights_file = path / CONFIG_FILE, path / WEIGHTS_FILE
     for f in (config_file, weights_file):
         if not f.is_file():
             raise FileNotFoundError(f"{f} not found; expected a directory written by save_adapters()")
+    if adapter_layers(model):
+        raise ValueError("model already has adapters; load onto a fresh copy of the base model")
+    config = read_json(config_file)  # names the file when it is not JSON
+    state = load_safetensors(weights_file, what="adapter weights")
+    trainable = {name: p.requires_grad for name, p in model.named_parameters()}
     try:
-        config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{config_file} is not valid JSON: {err}") from err
-    state = load_file(str(weights_file))
-    wrapped = inject_from_config(model, config)
-    load_adapter_state_dict(model, state)
+        try:
+            wrapped = inject_from_config(model, _checked_config(config))
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise ValueError(f"{config_file}: {_reason(err)}") from None
+        try:
+            load_adapter_state_dict(model, state)
+        except ValueError as err:
+            raise ValueError(f"{weights_file}: {err}") from None
+    except BaseException:
+        unload_adapters(model, merge=False)  # roll the injection back
+        for name, p in model.named_parameters():
+            p.requires_grad_(trainable.get(name, p.requires_grad))
+        raise
     return wrapped
+
+
+_SPEC_KEYS = {"method": str, "init": str, "rank": int, "alpha": (int, float), "dropout": (int, float),
+              "in_features": int, "out_features": int}
+
+
+def _checked_config(config: Any) -> dict[str, Any]:
+    """`config` with the JSON types `inject_from_config` relies on (a tampered file fails here, by key)."""
+    if not isinstance(config, dict):
+        raise TypeError(f"holds a JSON {type(config).__name__}, not an adapter config object")
+    modules = config.get("modules")
+    if not isinstance(modules, dict) or not modules:
+        raise TypeError(f"'modules' is {modules!r}, not an object of adapted modules")
+    for name, spec in modules.items():
+        if not isinstance(spec, dict):
+            raise TypeError(f"the entry of {name!r} is {spec!r}, not an object")
+        for key, types in _SPEC_KEYS.items():
+            if key not in spec or isinstance(spec[key], bool) or not isinstance(spec[key], types):
+                raise TypeError(f"{name!r}: {key!r} is {spec.get(key)!r}, not a {getattr(types, '__name__', 'number')}")
+    return config
+
+
+def _reason(err: BaseException) -> str:
+    return f"no entry {err}" if isinstance(err, KeyError) else str(err)

@@ -18,40 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dt_eva.eva.matching import layer_kind, weight_shape
+
 __all__ = ["LoraLayer", "DoraLayer", "is_adaptable", "layer_kind", "weight_shape"]
-
-
-def layer_kind(module: nn.Module) -> str | None:
-    """`"linear"` for nn.Linear, `"conv1d"` for a GPT-2-style Conv1D, None for anything else.
-
-    Conv1D is recognised by class name and layout so that transformers never has to be imported.
-    """
-    if isinstance(module, nn.Linear):
-        return "linear"
-    weight = getattr(module, "weight", None)
-    if (
-        type(module).__name__ == "Conv1D"
-        and isinstance(weight, torch.Tensor)
-        and weight.dim() == 2
-        and getattr(module, "nf", None) == weight.shape[1]
-    ):
-        return "conv1d"
-    return None
 
 
 def is_adaptable(module: nn.Module) -> bool:
     """Whether a LoRA/DoRA adapter can wrap `module`."""
     return layer_kind(module) is not None
-
-
-def weight_shape(module: nn.Module) -> tuple[int, int]:
-    """`(in_features, out_features)` of an adaptable module."""
-    kind = layer_kind(module)
-    if kind == "linear":
-        return module.in_features, module.out_features
-    if kind == "conv1d":
-        return int(module.weight.shape[0]), int(module.weight.shape[1])
-    raise ValueError(f"cannot adapt a {type(module).__name__}: only nn.Linear and GPT-2 Conv1D are supported")
 
 
 class LoraLayer(nn.Module):
@@ -65,12 +39,7 @@ class LoraLayer(nn.Module):
 
     def __init__(self, base_layer: nn.Module, rank: int, alpha: float = 1.0, dropout: float = 0.0):
         super().__init__()
-        kind = layer_kind(base_layer)
-        if kind is None:
-            raise ValueError(
-                f"cannot adapt a {type(base_layer).__name__}: only nn.Linear and GPT-2 Conv1D are supported"
-            )
-        in_features, out_features = weight_shape(base_layer)
+        in_features, out_features = weight_shape(base_layer)  # refuses anything but nn.Linear / Conv1D, naming it
         if not isinstance(rank, int) or rank < 1:
             raise ValueError(f"adapter rank must be a positive int, got {rank!r}")
         if rank > min(in_features, out_features):
@@ -80,8 +49,10 @@ class LoraLayer(nn.Module):
             )
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"adapter dropout must be in [0, 1), got {dropout}")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
+            raise ValueError(f"adapter alpha must be a finite number > 0, got {alpha!r}")
         self.base_layer = base_layer
-        self.kind = kind
+        self.kind = layer_kind(base_layer)
         self.in_features = in_features
         self.out_features = out_features
         self.rank = rank

@@ -30,6 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--threads", type=int, default=None,
         help="torch intra-op threads (default: torch's; 1 is faster on a busy CPU, see docs/benchmarks.md)",
     )
+    parser.add_argument(
+        "--precision", default="run", choices=["run", "auto", "bf16", "fp32"],
+        help="run: the precision the run trained at (default; fp32 where bf16 is not native here); "
+             "auto: bf16 where native, else fp32",
+    )
     parser.add_argument("--video", action="store_true", help="GIF of episode 0 of every task into <run>/videos/")
     parser.add_argument("--async", dest="asynchronous", action="store_true", help="step envs in worker processes")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -41,13 +46,7 @@ def check_device(spec: str) -> str:
 
     from dt_eva.utils.precision import resolve_device
 
-    try:
-        device = resolve_device(spec)
-    except RuntimeError:  # torch.device() rejects the string
-        raise ValueError(f"--device {spec!r} is not a torch device; use cpu, cuda, cuda:N or auto") from None
-    except ValueError:
-        raise ValueError(f"--device {spec!r} but CUDA is not available in this torch ({torch.__version__}); "
-                         "use --device cpu") from None
+    device = resolve_device(spec, key="--device ")
     try:
         torch.empty(0, device=device)  # e.g. cuda:3 on a one-GPU machine
     except (RuntimeError, AssertionError) as e:
@@ -78,13 +77,15 @@ def run(args: argparse.Namespace) -> int:
             video=args.video,
             progress=args.progress,
             asynchronous=args.asynchronous,
+            precision=args.precision,
         )
     except EvaluationNotSaved as e:
         print(f"dt-eva evaluate: error: {e}", file=sys.stderr)
         return 1
     print(format_table(result))
     print(
-        f"\n{result['episodes']} episodes per task, seed {result['seed']}, {result['seconds']:.1f} s "
+        f"\n{result['episodes']} episodes per task, seed {result['seed']}, {result['precision']} "
+        f"(trained at {result.get('train_precision') or 'unknown'}) on {result.get('cpu')}, {result['seconds']:.1f} s "
         f"({result['env_steps_per_s']:.0f} env-steps/s in rollouts); wrote {record_path(args.run, result)}"
     )
     largest = best_eval(args.run)

@@ -12,12 +12,16 @@ HELP = ("Tables (paper Table 6 / 19 layout) and plots from run directories, or t
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", help="run directories, or directories that hold them (searched recursively); "
-                                                "or one sweep folder / results.csv for the study report")
+                                                "or sweep folders / results.csv files for the study report (several: "
+                                                "a study run in phases, pooled; a folder of sweep folders too)")
     parser.add_argument("--out", default=None,
                         help="output directory (default: reports/<name of the first RUNS path>)")
     parser.add_argument("--no-plots", action="store_true", help="tables only (no curves / rank heatmaps)")
     parser.add_argument("--run-dirs", action="store_true",
                         help="report the run directories below a sweep folder instead of its results.csv")
+    parser.add_argument("--power-delta", type=float, action="append", default=None, metavar="DELTA",
+                        help="study report: a success-rate difference in (0, 1] to size the design for (the pairs it "
+                             "would need at 80 %% power); repeat for several (default 0.01 0.02 0.04 0.10)")
 
 
 def default_out_dir(first_path: str) -> Path:
@@ -27,11 +31,16 @@ def default_out_dir(first_path: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dt_eva.reporting.study_report import results_csv_of
+    from dt_eva.reporting.study_power import DEFAULT_DELTAS, check_deltas
+    from dt_eva.reporting.study_report import results_csvs_of
 
     out = Path(args.out) if args.out else default_out_dir(args.runs[0])
-    if len(args.runs) == 1 and not args.run_dirs and results_csv_of(args.runs[0]) is not None:
-        return study(args.runs[0], out, not args.no_plots)
+    deltas = check_deltas(args.power_delta or list(DEFAULT_DELTAS))
+    if not args.run_dirs and results_csvs_of(args.runs) is not None:
+        return study(args.runs, out, not args.no_plots, deltas)
+    if args.power_delta:
+        raise ValueError("--power-delta sizes the study report: pass sweep folders (with a results.csv), not run "
+                         "directories")
     from dt_eva.reporting import build_report
 
     report = build_report(args.runs, out, plots=not args.no_plots)
@@ -50,10 +59,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def study(results: str, out: Path, plots: bool) -> int:
+def study(results: list[str], out: Path, plots: bool, deltas: list[float]) -> int:
     from dt_eva.reporting.study_report import build_study_report
 
-    report = build_study_report(results, out, plots=plots)
+    report = build_study_report(results, out, plots=plots, power_deltas=deltas)
+    print(report["header"] + "\n")
     for text in report["sections"]:
         print(text)
     if report["excluded"]:

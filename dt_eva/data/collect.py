@@ -139,8 +139,7 @@ def rollout_task(
             env.close()
     seconds = time.perf_counter() - start
     arrays["rewards"][:] = rewards64
-    # reverse cumulative sum in float64, then stored as float32
-    arrays["returns_to_go"][:] = np.flip(np.cumsum(np.flip(rewards64, axis=1), axis=1), axis=1)
+    arrays["returns_to_go"][:] = returns_to_go(rewards64)  # float64 sums, stored as float32
     info = {
         **params,
         "env_seeds": env_seeds,
@@ -152,31 +151,52 @@ def rollout_task(
     return arrays, info
 
 
-def task_stats(returns: np.ndarray, successes: np.ndarray, noise: np.ndarray, prefix: np.ndarray) -> dict:
-    """Return and success statistics, over all episodes and per (noise, random-prefix) mode."""
+def task_stats(returns: np.ndarray, successes: np.ndarray | None, noise: np.ndarray | None = None,
+               prefix: np.ndarray | None = None) -> dict:
+    """Return and success statistics, over all episodes and per (noise, random-prefix) mode.
+
+    `successes=None` (a source without per-step success flags) gives `success_any` / `success_final`
+    None; without `noise` and `prefix` there are no modes (`by_mode` is empty)."""
 
     def summary(mask: np.ndarray) -> dict:
         r = returns[mask]
-        s = successes[mask]
+        s = None if successes is None else successes[mask]
         return {
             "episodes": int(mask.sum()),
             "return_mean": float(r.mean()),
             "return_std": float(r.std()),
             "return_min": float(r.min()),
             "return_max": float(r.max()),
-            "success_any": float(s.any(axis=1).mean()),
-            "success_final": float(s[:, -1].mean()),
+            "success_any": None if s is None else float(s.any(axis=1).mean()),
+            "success_final": None if s is None else float(s[:, -1].mean()),
         }
 
     by_mode = []
     seen: list[tuple[float, int]] = []
-    for n, k in zip(noise.tolist(), prefix.tolist()):
-        if (n, k) not in seen:
-            seen.append((n, k))
+    if noise is not None and prefix is not None:
+        for n, k in zip(noise.tolist(), prefix.tolist()):
+            if (n, k) not in seen:
+                seen.append((n, k))
     for n, k in seen:
         mask = (noise == np.float32(n)) & (prefix == k)
         by_mode.append({"noise": round(float(n), 6), "random_prefix": int(k), **summary(mask)})
     return {"all": summary(np.ones(len(returns), dtype=bool)), "by_mode": by_mode}
+
+
+def mean_over_tasks(stats: dict[str, dict]) -> dict:
+    """metadata.json's "mean": each statistic averaged over tasks; a success rate is None when any
+    task's source recorded no success flags."""
+    out = {}
+    for key in ("return_mean", "success_any", "success_final"):
+        values = [s["all"][key] for s in stats.values()]
+        out[key] = None if any(v is None for v in values) else float(np.mean(values))
+    return out
+
+
+def returns_to_go(rewards: np.ndarray) -> np.ndarray:
+    """Undiscounted returns-to-go `[E, 200]` of rewards `[E, 200]`: reverse cumulative sum in float64."""
+    r = np.asarray(rewards, dtype=np.float64)
+    return np.flip(np.cumsum(np.flip(r, axis=1), axis=1), axis=1)
 
 
 def _save_array(path: Path, array: np.ndarray) -> None:
@@ -238,6 +258,11 @@ def collect_dataset(
     recorded: list[str] = []
     if meta_path.exists():
         old = read_json(meta_path)
+        if "source" in old:
+            raise ValueError(
+                f"{out} holds a dataset imported from {old['source'].get('kind', 'elsewhere')} "
+                f"({old['source'].get('path')}); `dt-eva collect` cannot add to it: choose another --out"
+            )
         old_params = {k: old.get(k) for k in shared}
         if old_params != shared:
             raise ValueError(
@@ -297,10 +322,7 @@ def collect_dataset(
         "noise_seeds": "numpy.random.default_rng([seed, MT50 index of the task, episode])",
         "versions": library_versions(),
         "stats": stats,
-        "mean": {
-            key: float(np.mean([stats[t]["all"][key] for t in all_tasks]))
-            for key in ("return_mean", "success_any", "success_final")
-        },
+        "mean": mean_over_tasks(stats),
         "last_run": run,
     }
     atomic_write_json(meta_path, metadata)

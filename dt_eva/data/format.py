@@ -8,13 +8,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
 from dt_eva.envs.registry import ACT_DIM, EPISODE_LENGTH, STATE_DIM, resolve_task, resolve_tasks
+from dt_eva.utils.io import read_json as read_json_value
 
 FORMAT_VERSION = 1
 METADATA_FILE = "metadata.json"
@@ -31,8 +31,14 @@ ARRAY_SPECS: dict[str, tuple[np.dtype, tuple[int, ...]]] = {
     "random_prefix": (np.dtype(np.int32), ()),
 }
 
+#: Arrays an imported source may lack (L2M's replay buffers record no per-step success and no
+#: collection noise): `task.json` lists them under "unknown" and their files are absent.
+OPTIONAL_ARRAYS = ("successes", "noise", "random_prefix")
+UNKNOWN_KEY = "unknown"
+
 _FINITE_CHECK_EPISODES = 256  # chunk size of the finiteness scan (bounded memory on big datasets)
-_RTG_TOLERANCE = 1e-3
+_RTG_TOLERANCE = 1e-4  # relative, per step
+_NPY_MAGIC = b"\x93NUMPY"
 
 
 class DatasetError(ValueError):
@@ -72,8 +78,13 @@ class OfflineDataset:
 
     def task_arrays(self, task: str) -> dict[str, np.ndarray]:
         """Arrays of one task: observations, actions, rewards, successes, returns_to_go, noise,
-        random_prefix (read-only memory maps unless loaded with `mmap=False`)."""
+        random_prefix (read-only memory maps unless loaded with `mmap=False`); an imported task
+        lacks the ones in `unknown_arrays(task)`."""
         return dict(self._arrays[self._key(task)])
+
+    def unknown_arrays(self, task: str) -> list[str]:
+        """The optional arrays (`OPTIONAL_ARRAYS`) the source of `task` did not record, e.g. `successes`."""
+        return list(self._task_info[self._key(task)].get(UNKNOWN_KEY, []))
 
     def task_info(self, task: str) -> dict:
         """The task's `task.json`: collection parameters and return / success statistics."""
@@ -121,6 +132,12 @@ def load_dataset(path: str | Path, tasks: str | Iterable[str] | None = None, mma
     recorded = metadata.get("tasks")
     if not isinstance(recorded, list) or not recorded:
         raise DatasetError(f"{meta_path}: 'tasks' must be a non-empty list of task names")
+    unknown = [name for name in recorded if not _is_task_name(name)]
+    if unknown:
+        raise DatasetError(
+            f"{meta_path}: 'tasks' lists {unknown}, which are not Meta-World task names (e.g. 'hammer-v3'); "
+            "the file was edited or is not a dt-eva dataset: re-collect it with `dt-eva collect`"
+        )
     unrecorded = [name for name in on_disk if name not in recorded]
     if unrecorded:
         raise DatasetError(
@@ -143,29 +160,41 @@ def load_dataset(path: str | Path, tasks: str | Iterable[str] | None = None, mma
     return OfflineDataset(root, metadata, arrays, infos)
 
 
-def read_task_dir(task_dir: str | Path, mmap: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
-    """Read and validate one task directory; returns (task.json content, arrays)."""
+def _is_task_name(name: Any) -> bool:
+    """A full Meta-World task name as `collect` records it (`hammer-v3`)."""
+    try:
+        return isinstance(name, str) and resolve_task(name) == name
+    except ValueError:
+        return False
+
+
+def read_task_dir(task_dir: str | Path, mmap: bool = True, task: str | None = None) -> tuple[dict, dict[str, np.ndarray]]:
+    """Read and validate one task directory; returns (task.json content, arrays). `task`: the task it
+    must hold (default: the directory's name; a writer checks its temporary directory)."""
     task_dir = Path(task_dir)
+    task = task_dir.name if task is None else task
     info_path = task_dir / TASK_FILE
     if not info_path.is_file():
         raise DatasetError(f"{info_path} is missing (incomplete task directory); delete {task_dir} and re-run `dt-eva collect`")
     info = read_json(info_path)
-    if info.get("task") != task_dir.name:
-        raise DatasetError(f"{info_path}: 'task' is {info.get('task')!r} but the directory is {task_dir.name}")
+    if info.get("task") != task:
+        raise DatasetError(f"{info_path}: 'task' is {info.get('task')!r} but the directory is {task}")
     episodes = info.get("episodes")
     if not isinstance(episodes, int) or episodes < 1:
         raise DatasetError(f"{info_path}: 'episodes' must be a positive int, got {episodes!r}")
-    arrays = {name: _load_array(task_dir / f"{name}.npy", mmap, episodes) for name in ARRAY_SPECS}
+    unknown = info.get(UNKNOWN_KEY, [])
+    if not isinstance(unknown, list) or any(name not in OPTIONAL_ARRAYS for name in unknown):
+        raise DatasetError(f"{info_path}: {UNKNOWN_KEY!r} must list some of {', '.join(OPTIONAL_ARRAYS)}, got {unknown!r}")
+    arrays = {name: _load_array(task_dir / f"{name}.npy", mmap, episodes) for name in ARRAY_SPECS if name not in unknown}
     _check_values(task_dir, arrays)
     return info, arrays
 
 
 def read_json(path: Path) -> dict:
     try:
-        with open(path, encoding="utf-8") as f:
-            obj = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DatasetError(f"{path}: cannot be read as JSON ({e})") from e
+        obj = read_json_value(path)
+    except ValueError as e:  # names the file
+        raise DatasetError(str(e)) from None
     if not isinstance(obj, dict):
         raise DatasetError(f"{path}: expected a JSON object, got {type(obj).__name__}")
     return obj
@@ -175,6 +204,7 @@ def _load_array(path: Path, mmap: bool, episodes: int) -> np.ndarray:
     dtype, tail = ARRAY_SPECS[path.stem]
     if not path.is_file():
         raise DatasetError(f"{path} is missing; delete {path.parent} and re-run `dt-eva collect`")
+    _check_npy_header(path)
     try:
         arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except Exception as e:  # numpy raises ValueError / OSError / EOFError for damaged files
@@ -185,6 +215,20 @@ def _load_array(path: Path, mmap: bool, episodes: int) -> np.ndarray:
     if arr.shape != expected:
         raise DatasetError(f"{path}: shape {arr.shape}, expected {expected} ([episodes={episodes}, ...] from task.json)")
     return arr
+
+
+def _check_npy_header(path: Path) -> None:
+    """Refuse a file that is not a `.npy` array before NumPy reads it: for any such file NumPy
+    claims "pickled data" and suggests `allow_pickle`, which would be wrong advice for text."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_NPY_MAGIC))
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if head != _NPY_MAGIC:
+        what = "pickled Python data, which dt-eva never loads" if head[:1] == b"\x80" else \
+            "no NumPy .npy header (text, an empty or a damaged file)"
+        raise DatasetError(f"{path}: not a readable .npy array: it holds {what}; delete {path.parent} and re-run `dt-eva collect`")
 
 
 def _check_values(task_dir: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -200,19 +244,29 @@ def _check_values(task_dir: Path, arrays: dict[str, np.ndarray]) -> None:
     for start in range(0, actions.shape[0], _FINITE_CHECK_EPISODES):
         if np.abs(np.asarray(actions[start : start + _FINITE_CHECK_EPISODES])).max() > 1.0:
             raise DatasetError(f"{task_dir / 'actions.npy'}: actions outside [-1, 1]")
-    rewards = np.asarray(arrays["rewards"], dtype=np.float64)
-    rtg = np.asarray(arrays["returns_to_go"], dtype=np.float64)
-    totals = rewards.sum(axis=1)
-    tol = _RTG_TOLERANCE * np.maximum(1.0, np.abs(totals))
-    if not (np.abs(rtg[:, 0] - totals) <= tol).all() or not np.allclose(rtg[:, -1], rewards[:, -1]):
-        raise DatasetError(
-            f"{task_dir / 'returns_to_go.npy'}: does not match the reverse cumulative sum of rewards.npy"
-        )
-    if (np.asarray(arrays["noise"]) < 0).any():
+    _check_returns_to_go(task_dir, arrays["rewards"], arrays["returns_to_go"])
+    if "noise" in arrays and (np.asarray(arrays["noise"]) < 0).any():
         raise DatasetError(f"{task_dir / 'noise.npy'}: negative noise std")
-    prefix = np.asarray(arrays["random_prefix"])
+    prefix = np.asarray(arrays.get("random_prefix", np.zeros(0, np.int32)))
     if ((prefix < 0) | (prefix > EPISODE_LENGTH)).any():
         raise DatasetError(f"{task_dir / 'random_prefix.npy'}: values outside 0..{EPISODE_LENGTH}")
+
+
+def _check_returns_to_go(task_dir: Path, rewards: np.ndarray, returns_to_go: np.ndarray) -> None:
+    """Every step's return-to-go is the sum of the rewards from that step on (a value edited in the
+    middle of an episode is caught, not only the first and last)."""
+    for start in range(0, rewards.shape[0], _FINITE_CHECK_EPISODES):
+        chunk = np.asarray(rewards[start : start + _FINITE_CHECK_EPISODES], dtype=np.float64)
+        expected = np.flip(np.cumsum(np.flip(chunk, axis=1), axis=1), axis=1)
+        rtg = np.asarray(returns_to_go[start : start + _FINITE_CHECK_EPISODES], dtype=np.float64)
+        tol = _RTG_TOLERANCE * np.maximum(1.0, np.abs(expected))  # float32 storage rounds ~1e-7
+        bad = np.argwhere(np.abs(rtg - expected) > tol)
+        if len(bad):
+            episode, step = int(bad[0][0]) + start, int(bad[0][1])
+            raise DatasetError(
+                f"{task_dir / 'returns_to_go.npy'}: does not match the reverse cumulative sum of rewards.npy "
+                f"(first at episode {episode}, step {step}); re-collect the task"
+            )
 
 
 def dataset_summary(meta: dict[str, Any]) -> str:
@@ -227,13 +281,13 @@ def dataset_summary(meta: dict[str, Any]) -> str:
             continue
         lines.append(
             f"{task:<28} {s['episodes']:>5} {s['return_mean']:>11.1f} {s['return_min']:>8.1f} "
-            f"{s['return_max']:>8.1f} {s['success_any']:>8.2f} {s['success_final']:>10.2f}"
+            f"{s['return_max']:>8.1f} {_rate(s['success_any'], 8)} {_rate(s['success_final'], 10)}"
         )
     mean = meta.get("mean")
     if mean:
         lines.append(
             f"{'mean':<28} {'':>5} {mean['return_mean']:>11.1f} {'':>8} {'':>8} "
-            f"{mean['success_any']:>8.2f} {mean['success_final']:>10.2f}"
+            f"{_rate(mean['success_any'], 8)} {_rate(mean['success_final'], 10)}"
         )
     modes: dict[tuple[float, int], list[dict]] = {}
     for task in meta.get("tasks", []):
@@ -248,3 +302,8 @@ def dataset_summary(meta: dict[str, Any]) -> str:
                 f"{np.mean([m['success_any'] for m in ms]):>8.2f} {np.mean([m['success_final'] for m in ms]):>10.2f}"
             )
     return "\n".join(lines)
+
+
+def _rate(value: float | None, width: int) -> str:
+    """A success rate for the summary table; `n/a` where the source recorded no success flags."""
+    return f"{'n/a':>{width}}" if value is None else f"{value:>{width}.2f}"

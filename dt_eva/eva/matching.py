@@ -19,18 +19,40 @@ from torch import nn
 TargetModules = Union[None, str, Iterable[str], Callable[[str, nn.Module], bool]]
 
 
-def is_conv1d(module: nn.Module) -> bool:
-    """True for a GPT-2-style Conv1D (transformers.pytorch_utils.Conv1D) without importing transformers.
+def layer_kind(module: nn.Module) -> str | None:
+    """`"linear"` for nn.Linear, `"conv1d"` for a GPT-2-style Conv1D, None for anything else.
 
-    Recognised by class name and layout: `weight` is (in_features, out_features) and `nf` is out_features.
+    The one place that tells the two layouts apart (EVA, the adapters, the PEFT bridge and the rank
+    check all ask here). Conv1D (transformers.pytorch_utils.Conv1D) is recognised by class name and
+    layout, so that transformers never has to be imported: `weight` is (in_features, out_features)
+    and `nf` is out_features.
     """
+    if isinstance(module, nn.Linear):
+        return "linear"
     weight = getattr(module, "weight", None)
-    return (
+    if (
         type(module).__name__ == "Conv1D"
         and isinstance(weight, torch.Tensor)
         and weight.ndim == 2
         and getattr(module, "nf", None) == weight.shape[1]
-    )
+    ):
+        return "conv1d"
+    return None
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """True for a GPT-2-style Conv1D (see `layer_kind`)."""
+    return layer_kind(module) == "conv1d"
+
+
+def weight_shape(module: nn.Module) -> tuple[int, int]:
+    """`(in_features, out_features)` of an nn.Linear (which stores (out, in)) or a Conv1D (which stores (in, out))."""
+    kind = layer_kind(module)
+    if kind == "linear":
+        return module.in_features, module.out_features
+    if kind == "conv1d":
+        return int(module.weight.shape[0]), int(module.weight.shape[1])
+    raise ValueError(f"cannot adapt a {type(module).__name__}: only nn.Linear and GPT-2 Conv1D are supported")
 
 
 def is_adaptable(module: nn.Module) -> bool:
@@ -40,10 +62,8 @@ def is_adaptable(module: nn.Module) -> bool:
 
 def adaptable_in_features(module: nn.Module) -> int | None:
     """Input width of an adaptable layer, or None when the module cannot be adapted."""
-    if isinstance(module, nn.Linear):
-        return module.in_features
-    if is_conv1d(module):
-        return int(module.weight.shape[0])
+    if layer_kind(module) is not None:
+        return weight_shape(module)[0]
     base = getattr(module, "base_layer", None)
     if isinstance(base, nn.Module) and base is not module:
         return adaptable_in_features(base)

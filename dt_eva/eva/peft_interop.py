@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from dt_eva.eva.matching import weight_shape
 from dt_eva.eva.result import EvaResult
 
 _PEFT_PREFIX = "base_model.model."
@@ -70,10 +71,7 @@ def to_peft_eva_state_dict(result: EvaResult, peft_model: nn.Module, whiten: boo
 
 
 def _in_features(module: nn.Module) -> int:
-    base = module.get_base_layer()
-    if isinstance(base, nn.Linear):
-        return base.in_features
-    return int(base.weight.shape[0])  # GPT-2 Conv1D stores (in, out)
+    return weight_shape(module.get_base_layer())[0]
 
 
 def _peft_whitened(name: str, components: Tensor, singular_values: Tensor) -> Tensor:

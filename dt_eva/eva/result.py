@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,43 +106,70 @@ class EvaResult:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "EvaResult":
-        """Read a result written by `save` (the same path: file or directory)."""
-        from safetensors.torch import load_file
+        """Read a result written by `save` (the same path: file or directory). A damaged or tampered
+        pair is a `ValueError` naming the file and what is wrong with it."""
+        from dt_eva.utils.io import read_json
+        from dt_eva.utils.torchfiles import load_safetensors
 
         tensor_path, json_path = _paths(path)
         for p in (json_path, tensor_path):
             if not p.is_file():
                 raise FileNotFoundError(f"EVA result file {p} does not exist; pass the path given to EvaResult.save")
-        meta = json.loads(json_path.read_text())
-        if meta.get("format") != "dt_eva.EvaResult":
-            raise ValueError(f"{json_path} is not a dt_eva EVA result (format {meta.get('format')!r})")
+        meta = read_json(json_path)  # names the file when it is not JSON
+        if not isinstance(meta, dict) or meta.get("format") != "dt_eva.EvaResult":
+            what = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+            raise ValueError(f"{json_path} is not a dt_eva EVA result (format {what!r})")
         if meta.get("version") != _FORMAT_VERSION:
             raise ValueError(f"{json_path} has EVA result version {meta.get('version')}, expected {_FORMAT_VERSION}")
-        flat = load_file(str(tensor_path))
-        names = meta["names"]
+        flat = load_safetensors(tensor_path, what="EVA result")
         tensors: dict[str, dict[str, Tensor]] = {f: {} for f in _TENSOR_FIELDS}
         for key, t in flat.items():
             field_name, _, name = key.partition("/")
             if field_name in tensors:
                 tensors[field_name][name] = t
+        try:
+            result = cls._from_saved(meta, tensors)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            why = f"no entry {e}" if isinstance(e, KeyError) else str(e)
+            raise ValueError(f"{json_path} (with {tensor_path.name}) is not a valid EVA result: {why}; "
+                             "run EVA again (a new fine-tuning run) or restore the files") from None
+        return result
+
+    @classmethod
+    def _from_saved(cls, meta: dict, tensors: dict[str, dict[str, Tensor]]) -> "EvaResult":
+        names = meta["names"]
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise TypeError(f"'names' is {names!r}, not a list of layer names")
         missing = [n for n in names if n not in tensors["components"]]
         if missing:
-            raise ValueError(f"{tensor_path} lacks the components of {missing}; the file is incomplete or not a pair with {json_path}")
+            raise ValueError(f"the tensors lack the components of {missing[:3]}; the files are incomplete or not a pair")
+        ranks = {n: _count(meta["ranks"][n], f"the rank of {n}") for n in names}
+        wrong = [n for n in names if tensors["components"][n].ndim != 2 or tensors["components"][n].shape[0] != ranks[n]]
+        if wrong:
+            raise ValueError(f"the components of {wrong[0]} have shape {tuple(tensors['components'][wrong[0]].shape)}, "
+                             f"not (rank {ranks[wrong[0]]}, in_features)")
         order = lambda d: {n: d[n] for n in names if n in d}  # noqa: E731 - keep the saved layer order
         return cls(
-            ranks={n: int(meta["ranks"][n]) for n in names},
+            ranks=ranks,
             components=order(tensors["components"]),
             singular_values=order(tensors["singular_values"]),
             explained_variance_ratio=order(tensors["explained_variance_ratio"]),
             candidate_explained_variance_ratio=order(tensors["candidate_explained_variance_ratio"]),
             converged={n: bool(meta["converged"][n]) for n in names},
-            num_batches=int(meta["num_batches"]),
+            num_batches=_count(meta["num_batches"], "num_batches"),
             seconds=float(meta["seconds"]),
             config=EvaConfig.from_dict(meta["config"]),
-            shared_inputs=dict(meta.get("shared_inputs", {})),
-            num_samples={k: int(v) for k, v in meta.get("num_samples", {}).items()},
-            budget=int(meta.get("budget", 0)),
+            shared_inputs={str(k): str(v) for k, v in meta.get("shared_inputs", {}).items()},
+            num_samples={k: _count(v, f"num_samples of {k}") for k, v in meta.get("num_samples", {}).items()},
+            budget=_count(meta.get("budget", 0), "budget"),
         )
+
+
+def _count(value: object, what: str) -> int:
+    """A non-negative integer read from JSON (`"abc"`, 1.5, true or -1 are refused)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{what} is {value!r}, not a non-negative integer")
+    return value
 
 
 def _paths(path: str | os.PathLike) -> tuple[Path, Path]:

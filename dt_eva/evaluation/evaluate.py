@@ -37,7 +37,7 @@ from dt_eva.evaluation.env_workers import (
 )
 from dt_eva.evaluation.rollout import eval_mode, model_device_dtype, rollout_groups
 from dt_eva.evaluation.slots import LayoutEnv, SlotPool, check_eval_seed, episode_layout, task_layouts
-from dt_eva.utils.precision import precision_name, resolve_model_precision
+from dt_eva.utils.precision import cpu_model, precision_name, resolve_model_precision
 
 #: Lock-step envs when `num_envs` is None: all episodes at once up to this many (each env holds
 #: ~16 MB and costs ~0.25 s to build; beyond a few dozen the batched forward is already amortised).
@@ -162,6 +162,8 @@ def evaluate_policy(
         "num_envs": int(chunk),
         "env_workers": int(workers),
         "precision": precision_name(autocast_dtype),
+        "device": str(device),
+        "cpu": cpu_model(),
         "rtg_scale": float(rtg_scale),
         "reward_scale": float(reward_scale),
     }

@@ -41,6 +41,12 @@ def episode_success(successes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return s.any(axis=-1), s[..., -1]
 
 
+def first_success_step(successes: np.ndarray) -> np.ndarray:
+    """The 1-based env step of each episode's first success (-1: never), from `[episodes, steps]` flags."""
+    s = np.asarray(successes) > 0
+    return np.where(s.any(axis=-1), s.argmax(axis=-1) + 1, -1)
+
+
 def summarize_task(
     returns: np.ndarray, successes: np.ndarray, target_return: float
 ) -> dict[str, Any]:
@@ -51,6 +57,7 @@ def summarize_task(
     """
     returns = np.asarray(returns, dtype=np.float64)
     any_, final = episode_success(successes)
+    first = first_success_step(successes)
     return {
         "success_any": float(any_.mean()),
         "success_final": float(final.mean()),
@@ -61,6 +68,7 @@ def summarize_task(
         "success_any_per_episode": [float(x) for x in any_],
         "success_final_per_episode": [float(x) for x in final],
         "return_per_episode": [float(x) for x in returns],
+        "first_success_step_per_episode": [int(x) if x >= 0 else None for x in first],
     }
 
 

@@ -12,6 +12,7 @@ from torch import nn
 
 from dt_eva.data import WindowSampler
 from dt_eva.envs import EPISODE_LENGTH
+from dt_eva.utils.precision import autocast
 
 
 def heldout_batches(dataset: Any, task: str, context_len: int, rtg_scale: float, reward_scale: float,
@@ -29,15 +30,20 @@ def heldout_batches(dataset: Any, task: str, context_len: int, rtg_scale: float,
 
 
 @torch.no_grad()
-def heldout_loss(model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> float:
-    """The mean action MSE over every window of `batches`, in eval mode (dropout off), in fp32."""
+def heldout_loss(model: nn.Module, batches: list[dict[str, torch.Tensor]],
+                 autocast_dtype: torch.dtype | None = None) -> float:
+    """The mean action MSE over every window of `batches`, in eval mode (dropout off), at the run's
+    precision: `autocast_dtype` (bf16) or None (fp32); the loss itself is always computed in fp32."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     try:
         total, count = 0.0, 0
         for batch in batches:
             n = int(batch["states"].shape[0])
-            total += float(model.loss(batch)) * n
+            with autocast(device, autocast_dtype):
+                loss = model.loss(batch)
+            total += float(loss) * n
             count += n
         return total / max(count, 1)
     finally:

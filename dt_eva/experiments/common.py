@@ -87,17 +87,18 @@ def flatten_eval(result: Mapping[str, Any]) -> dict[str, float]:
 
 
 def make_eval_fn(tasks: list[str], targets: dict[str, float], data: Any, episodes: int, seed: int,
-                 device: torch.device, results: dict[int, dict]) -> Callable[[torch.nn.Module, int], dict[str, float]]:
-    """The Trainer's evaluation callback: online rollouts on `tasks` conditioned on `targets`; keeps
-    each full result in `results[step]` and returns the flat scalars for the metrics."""
+                 device: torch.device, results: dict[int, dict], precision: str
+                 ) -> Callable[[torch.nn.Module, int], dict[str, float]]:
+    """The Trainer's evaluation callback: online rollouts on `tasks` conditioned on `targets`, at the
+    run's resolved `precision` ("fp32" or "bf16": what training runs at, never re-resolved here);
+    keeps each full result in `results[step]` and returns the flat scalars for the metrics."""
 
     def eval_fn(model: torch.nn.Module, step: int) -> dict[str, float]:
-
         result = evaluate_policy(
             model, tasks, episodes=episodes, seed=seed, target_returns=targets, rtg_scale=data.rtg_scale,
-            reward_scale=data.reward_scale, device=str(device), progress=False,
+            reward_scale=data.reward_scale, device=str(device), progress=False, precision=precision,
         )
-        results[step] = result
+        results[step] = {**result, "train_precision": precision}
         return flatten_eval(result)
 
     return eval_fn

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from dt_eva.eva import EvaResult
+from dt_eva.eva import EvaConfig, EvaResult
 from dt_eva.methods.eva_dt import compute_dt_eva, eva_summary
 from dt_eva.runs.base import PretrainedBase
 from dt_eva.runs.configs import FinetuneConfig
@@ -22,11 +22,16 @@ def run_eva(cfg: FinetuneConfig, base: PretrainedBase, dataset: Any, task: str,
     rank); `data_seed` picks the windows (per rank under DDP)."""
     model = base.build(cfg.dropout).to(device)
     return compute_dt_eva(
-        model, dataset, task, rank=cfg.rank, rho=cfg.rho, token_types=cfg.eva.token_types,
-        batch_size=cfg.eva.batch_size, tau=cfg.eva.tau, max_batches=cfg.eva.max_batches, seed=cfg.seed,
+        model, dataset, task, eva_config_of(cfg), token_types=cfg.eva.token_types, batch_size=cfg.eva.batch_size,
         data_seed=data_seed, rtg_scale=cfg.data.rtg_scale, reward_scale=cfg.data.reward_scale,
-        device=device, progress=cfg.train.progress, autocast_dtype=autocast_dtype,
+        device=device, autocast_dtype=autocast_dtype,
     )
+
+
+def eva_config_of(cfg: FinetuneConfig) -> EvaConfig:
+    """The `EvaConfig` a fine-tuning run hands to the SVD: its `eva:` section with the run's rank, rho and
+    seed (EVA's own seed, equal on every rank) and its progress setting."""
+    return cfg.eva.eva_config(rank=cfg.rank, rho=cfg.rho, seed=cfg.seed, progress=cfg.train.progress)
 
 
 def save_eva_artifacts(result: Any, eva_dir: Path, extra: dict[str, Any] | None = None) -> Path:

@@ -20,7 +20,8 @@ from dt_eva.evaluation.evaluate import evaluate_policy
 from dt_eva.runs.evals import new_eval_record, write_eval_record
 from dt_eva.runs.layout import RunPaths
 from dt_eva.runs.policy import load_run_model
-from dt_eva.utils.io import atomic_write_json, check_writable_dir
+from dt_eva.utils.io import atomic_write_json, check_writable_dir, load_json_object
+from dt_eva.utils.precision import PRECISIONS, resolve_precision
 from dt_eva.utils.safefs import refuse_link
 
 
@@ -40,25 +41,20 @@ def evaluate_run(
     progress: bool = True,
     *,
     asynchronous: bool = False,
+    precision: str = "run",
 ) -> dict[str, Any]:
     """Evaluate the model of `run_dir` online and keep the result in it; returns the result.
+
+    `precision`: "run" (default) evaluates at the precision the run trained at (`summary.json`, else its
+    `train.precision` setting), falling back to fp32 where this device has no native bf16; "auto", "bf16"
+    or "fp32" as in `dt_eva.utils.precision.resolve_precision`. The record states both precisions.
 
     `tasks=None`: the run's own tasks (its fine-tuning task, or the pre-training run's
     `train.eval_tasks`, else its training tasks). Target returns: `target_return` for every task
     if given, else each task's maximum return in the run's training dataset.
     """
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(
-            f"run directory {run_dir} does not exist; train a model first with `dt-eva pretrain` "
-            "or `dt-eva finetune` (or check the --run path)"
-        )
-    paths = RunPaths(run_dir)
-    if not paths.model.is_file() and not paths.last_checkpoint.is_file():
-        raise FileNotFoundError(
-            f"{run_dir} holds no weights (neither model.pt nor checkpoints/last.pt); run or resume its "
-            "training first (`dt-eva pretrain` / `dt-eva finetune`)"
-        )
+    paths = _check_run_dir(run_dir)
     task_list = resolve_tasks(tasks) if tasks is not None else None  # bad names fail before loading
     _check_writable(run_dir)
 
@@ -67,6 +63,9 @@ def evaluate_run(
         task_list = _run_tasks(info, run_dir)
 
     targets = _target_returns(info, task_list, target_return)
+    trained_at = _trained_precision(paths, info)
+    if precision == "run":
+        precision = eval_precision_of_run(trained_at, device)
     result = evaluate_policy(
         model,
         task_list,
@@ -80,14 +79,60 @@ def evaluate_run(
         progress=progress,
         video_dir=paths.videos if video else None,
         asynchronous=asynchronous,
+        precision=precision,
     )
+    result["train_precision"] = trained_at if trained_at in ("fp32", "bf16") else None
+    _save_result(run_dir, result, info)
+    return result
+
+
+def _check_run_dir(run_dir: Path) -> RunPaths:
+    """The run's paths, once it is known to hold weights; else an error saying how to make them."""
+    if not run_dir.is_dir():
+        raise FileNotFoundError(
+            f"run directory {run_dir} does not exist; train a model first with `dt-eva pretrain` "
+            "or `dt-eva finetune` (or check the --run path)"
+        )
+    paths = RunPaths(run_dir)
+    if not paths.model.is_file() and not paths.last_checkpoint.is_file():
+        raise FileNotFoundError(
+            f"{run_dir} holds no weights (neither model.pt nor checkpoints/last.pt); run or resume its "
+            "training first (`dt-eva pretrain` / `dt-eva finetune`)"
+        )
+    return paths
+
+
+def _save_result(run_dir: Path, result: dict[str, Any], info: dict[str, Any]) -> None:
+    """Keep `result` among the run's evaluation records; a failed write names the fallback file."""
     model_info = {"weights": os.path.relpath(info["weights"], run_dir) if info.get("weights") else None,
                   "step": info.get("step")}
     try:
         write_eval_record(run_dir, result, model=model_info)
     except OSError as e:
         raise EvaluationNotSaved(_not_saved_message(run_dir, new_eval_record(result, model_info), e)) from e
-    return result
+
+
+def _trained_precision(paths: RunPaths, info: dict[str, Any]) -> str:
+    """What the run trained at: fp32 / bf16 from its summary, else its `train.precision` setting (auto for
+    runs that predate the setting)."""
+    summary = load_json_object(paths.summary) if paths.summary.is_file() else None
+    if summary and summary.get("precision") in ("fp32", "bf16"):
+        return str(summary["precision"])
+    train = (info.get("config") or {}).get("train") or {}
+    setting = train.get("precision") if isinstance(train, dict) else None
+    return setting if setting in PRECISIONS else "auto"
+
+
+def run_autocast_dtype(run_dir: str | Path, info: dict[str, Any], device: str = "cpu") -> Any:
+    """The autocast dtype (or None: fp32) that evaluates the run of `run_dir` at its own precision."""
+    return resolve_precision(eval_precision_of_run(_trained_precision(RunPaths(run_dir), info), device), device)
+
+
+def eval_precision_of_run(trained_at: str, device: str) -> str:
+    """The precision `precision="run"` evaluates at: the run's own, or fp32 where bf16 is not native here."""
+    if trained_at == "bf16" and resolve_precision("auto", device) is None:
+        return "fp32"
+    return trained_at
 
 
 def _target_returns(info: dict[str, Any], task_list: list[str], target_return: float | None) -> Any:

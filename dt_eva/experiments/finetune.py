@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,8 +41,8 @@ from dt_eva.runs.policy import load_task_dataset, target_returns
 from dt_eva.training import Trainer, TrainResult
 from dt_eva.training.checkpoint import seed_everything
 from dt_eva.training.distributed import DistContext, barrier, rank_seed
-from dt_eva.utils.io import atomic_torch_save, atomic_write_json
-from dt_eva.utils.precision import resolve_precision
+from dt_eva.utils.io import atomic_torch_save, atomic_write_json, load_json_object
+from dt_eva.utils.precision import precision_name, resolve_precision
 
 KIND = "finetune"
 
@@ -151,7 +150,7 @@ def prepare_finetune(cfg: FinetuneConfig, resume: bool = False, force: bool = Fa
     # 4. model, sampler, trainer
     seed_everything(cfg.seed)  # adapter init and dropout streams are reproducible
     method_model = build_method_model(cfg, v.spec, v.base, eva_result)
-    trainer, eval_results = _build_trainer(cfg, v, method_model, paths, dist, batch)
+    trainer, eval_results = _build_trainer(cfg, v, method_model, paths, dist, batch, autocast_dtype)
     return FinetuneSetup(cfg, paths, v.task, v.spec, v.base, v.dataset, method_model, trainer, resuming, run,
                          eva_result, eval_results)
 
@@ -168,7 +167,7 @@ def _eva_for_run(cfg: FinetuneConfig, v: Validated, paths: RunPaths, dist: DistC
 
 
 def _build_trainer(cfg: FinetuneConfig, v: Validated, mm: MethodModel, paths: RunPaths, dist: DistContext,
-                   batch: int) -> tuple[Trainer, dict[int, dict]]:
+                   batch: int, autocast_dtype: torch.dtype | None) -> tuple[Trainer, dict[int, dict]]:
 
     seed_everything(rank_seed(cfg.seed, dist.rank))
     model_cfg = v.base.model_cfg
@@ -179,10 +178,12 @@ def _build_trainer(cfg: FinetuneConfig, v: Validated, mm: MethodModel, paths: Ru
         # evaluate once, at the last step, through the loop: metrics.jsonl and TensorBoard get it too
         train_cfg = dataclasses.replace(train_cfg, eval_every=train_cfg.steps)
     eval_results: dict[int, dict] = {}
-    eval_fn = _eval_callback(cfg, v, dist, eval_results) if train_cfg.eval_every > 0 and dist.is_main else None
-    probe_fn = _heldout_callback(cfg, v) if train_cfg.probe_every > 0 and dist.is_main else None
+    eval_fn = _eval_callback(cfg, v, dist, eval_results, autocast_dtype) \
+        if train_cfg.eval_every > 0 and dist.is_main else None
+    probe_fn = _heldout_callback(cfg, v, autocast_dtype) if train_cfg.probe_every > 0 and dist.is_main else None
     trainer = Trainer(
         mm, sampler, cfg.optim, train_cfg, paths, dist=dist, eval_fn=eval_fn, probe_fn=probe_fn,
+        autocast_dtype=autocast_dtype,
         tokens_per_sample=model_cfg.context_len * model_cfg.tokens_per_step,
         # frozen base weights do not require grad, so DDP ignores them; every trained tensor is in the loss
         find_unused_parameters=False,
@@ -190,13 +191,15 @@ def _build_trainer(cfg: FinetuneConfig, v: Validated, mm: MethodModel, paths: Ru
     return trainer, eval_results
 
 
-def _eval_callback(cfg: FinetuneConfig, v: Validated, dist: DistContext, results: dict[int, dict]) -> Any:
-    """Online success on the task (`train.eval_episodes` > 0) and the held-out action MSE (`heldout_path`)."""
+def _eval_callback(cfg: FinetuneConfig, v: Validated, dist: DistContext, results: dict[int, dict],
+                   autocast_dtype: torch.dtype | None) -> Any:
+    """Online success on the task (`train.eval_episodes` > 0) and the held-out action MSE (`heldout_path`),
+    both at the run's precision."""
     parts = []
     if cfg.train.eval_episodes > 0:
         parts.append(make_eval_fn([v.task], target_returns(v.dataset, [v.task]), cfg.data, cfg.train.eval_episodes,
-                                  cfg.seed, dist.device, results))
-    probe = _heldout_callback(cfg, v)
+                                  cfg.seed, dist.device, results, precision_name(autocast_dtype)))
+    probe = _heldout_callback(cfg, v, autocast_dtype)
     if probe is not None:
         parts.append(probe)
     if not parts:
@@ -204,13 +207,14 @@ def _eval_callback(cfg: FinetuneConfig, v: Validated, dist: DistContext, results
     return lambda model, step: {k: val for part in parts for k, val in part(model, step).items()}
 
 
-def _heldout_callback(cfg: FinetuneConfig, v: Validated) -> Any:
-    """The held-out action MSE (`heldout_path`) as `{"heldout/loss": ...}`; None without held-out data."""
+def _heldout_callback(cfg: FinetuneConfig, v: Validated, autocast_dtype: torch.dtype | None) -> Any:
+    """The held-out action MSE (`heldout_path`) at the run's precision as `{"heldout/loss": ...}`; None
+    without held-out data."""
     if v.heldout is None:
         return None
     batches = heldout_batches(v.heldout, v.task, v.base.model_cfg.context_len, cfg.data.rtg_scale,
                               cfg.data.reward_scale)
-    return lambda model, step: {"heldout/loss": heldout_loss(model, batches)}
+    return lambda model, step: {"heldout/loss": heldout_loss(model, batches, autocast_dtype)}
 
 
 def finish_finetune(setup: FinetuneSetup, result: TrainResult) -> dict:
@@ -234,7 +238,7 @@ def finish_finetune(setup: FinetuneSetup, result: TrainResult) -> dict:
         if final_eval is not None:
             write_eval_record(paths.root, final_eval)
         if finished_before:
-            summary = json.loads(paths.summary.read_text(encoding="utf-8"))
+            summary = load_json_object(paths.summary) or {}  # a damaged file is a ValueError naming it
         else:
             summary = _summary(setup, result, final_eval)
         atomic_write_json(paths.summary, summary)
@@ -253,7 +257,8 @@ def _summary(setup: FinetuneSetup, result: TrainResult, final_eval: dict | None)
         "total_rank": int(sum(ranks.values())),
         "eva_init_seconds": float(setup.eva_result.seconds) if setup.eva_result is not None else None,
         "lr": cfg.optim.lr, "tokens_per_s": result.tokens_per_s, "world_size": result.world_size,
-        "device": str(setup.trainer.device), "precision": result.precision, "pretrain": setup.base.identity(),
+        "device": str(setup.trainer.device), "precision": result.precision, "machines": result.machines,
+        "pretrain": setup.base.identity(),
         "eval": (final_eval or {}).get("mean"), "resumed_from_step": result.start_step or None,
         "heldout_loss": result.last_eval.get("heldout/loss"),
     }

@@ -26,8 +26,8 @@ from dt_eva.runs.policy import target_returns
 from dt_eva.training import Trainer, TrainResult, WholeModel
 from dt_eva.training.checkpoint import seed_everything
 from dt_eva.training.distributed import DistContext, barrier, rank_seed
-from dt_eva.utils.io import atomic_write_json
-from dt_eva.utils.precision import resolve_precision
+from dt_eva.utils.io import atomic_write_json, load_json_object
+from dt_eva.utils.precision import precision_name, resolve_precision
 
 KIND = "pretrain"
 
@@ -70,15 +70,17 @@ def load_pretrain_dataset(cfg: PretrainConfig) -> Any:
 
 
 def eval_targets(cfg: PretrainConfig, dataset: Any) -> dict[str, float]:
-    """Target returns of `train.eval_tasks` (when the run evaluates), which must be tasks of the training data."""
-    tasks = resolve_tasks(cfg.train.eval_tasks) if cfg.train.eval_tasks and cfg.train.eval_every > 0 else []
+    """Target returns of `train.eval_tasks` (when the run evaluates), which must be tasks of the training data.
+
+    The tasks are checked even when `train.eval_every=0`: a typo should not wait for the run that evaluates."""
+    tasks = resolve_tasks(cfg.train.eval_tasks) if cfg.train.eval_tasks else []
     missing = [t for t in tasks if t not in dataset.tasks]
     if missing:
         raise ValueError(
             f"train.eval_tasks {missing} are not in dataset {cfg.data.path}, so there is no target return "
             f"for them; evaluate on tasks the model was trained on ({', '.join(dataset.tasks)})"
         )
-    return target_returns(dataset, tasks)
+    return target_returns(dataset, tasks) if cfg.train.eval_every > 0 else {}
 
 
 def prepare_pretrain(cfg: PretrainConfig, resume: bool = False, force: bool = False,
@@ -89,7 +91,7 @@ def prepare_pretrain(cfg: PretrainConfig, resume: bool = False, force: bool = Fa
     paths = RunPaths(cfg.resolved_run_dir)
     # 1. validate: nothing is created or deleted before every check has passed
     batch = local_batch_size(cfg.train.batch_size, dist.world_size)
-    resolve_precision(cfg.train.precision, dist.device)  # a bf16 the device lacks fails before the run exists
+    autocast_dtype = resolve_precision(cfg.train.precision, dist.device)  # a bf16 the device lacks fails here
     dataset = load_pretrain_dataset(cfg)
     targets = eval_targets(cfg, dataset)
     plan_run(dist, cfg, paths, KIND, resume, force)
@@ -105,9 +107,10 @@ def prepare_pretrain(cfg: PretrainConfig, resume: bool = False, force: bool = Fa
     eval_fn = None
     if cfg.train.eval_every > 0 and targets and dist.is_main:
         eval_fn = make_eval_fn(list(targets), targets, cfg.data, cfg.train.eval_episodes, cfg.seed, dist.device,
-                               eval_results)
+                               eval_results, precision_name(autocast_dtype))
     trainer = Trainer(
         WholeModel(model), sampler, cfg.optim, cfg.train, paths, dist=dist, eval_fn=eval_fn,
+        autocast_dtype=autocast_dtype,
         tokens_per_sample=cfg.model.context_len * cfg.model.tokens_per_step,
         # every parameter takes part in the loss (the DT has no embedding for a modality its layout
         # lacks), so DDP need not search the graph for unused ones
@@ -120,9 +123,7 @@ def finish_pretrain(setup: PretrainSetup, result: TrainResult) -> dict:
     """Write `model.pt`, the final evaluation and `summary.json`; returns the summary."""
     trainer, cfg, paths = setup.trainer, setup.cfg, setup.paths
     if result.start_step == result.steps and paths.summary.is_file():  # resumed a finished run
-        import json
-
-        return json.loads(paths.summary.read_text(encoding="utf-8"))
+        return load_json_object(paths.summary) or {}  # a damaged file is a ValueError naming it
     trainer.save_model(paths.model)
     final_eval = setup.eval_results.get(result.steps)
     summary = {
@@ -135,6 +136,7 @@ def finish_pretrain(setup: PretrainSetup, result: TrainResult) -> dict:
         "world_size": result.world_size,
         "device": str(trainer.device),
         "precision": result.precision,
+        "machines": result.machines,
         "parameters": sum(p.numel() for p in trainer.model.parameters()),
         "tasks": list(setup.dataset.tasks),
         "eval": (final_eval or {}).get("mean"),

@@ -18,7 +18,7 @@ from torch import nn
 from dt_eva.data import WindowSampler
 from dt_eva.eva import EvaConfig, compute_eva
 from dt_eva.methods.ranks import rank_grid
-from dt_eva.models import DT_ADAPTER_TARGETS
+from dt_eva.models import DT_ADAPTER_TARGETS, TOKEN_TYPES
 
 # Offset added to the data seed for the EVA sampler; any constant works as long as it differs from
 # the training sampler's seed, so the two streams are independent.
@@ -52,49 +52,42 @@ def compute_dt_eva(
     model: nn.Module,
     dataset: Any,
     task: str,
+    config: EvaConfig,
     *,
-    rank: int,
-    rho: float,
     token_types: Sequence[str],
     batch_size: int,
-    tau: float,
-    max_batches: int,
-    seed: int,
     data_seed: int | None = None,
     target_modules: Sequence[str] | None = None,
     rtg_scale: float = 200.0,
     reward_scale: float = 200.0,
     device: torch.device | str = "cpu",
-    progress: bool = True,
     autocast_dtype: torch.dtype | None = None,
 ) -> Any:
-    """Run EVA on a Decision Transformer with windows of `task` from `dataset`; returns an `EvaResult`.
+    """Run EVA (`config`: rank, rho, tau, max_batches, seed, ...) on a Decision Transformer with windows
+    of `task` from `dataset`; returns an `EvaResult`.
 
     Only the tokens of `token_types` (`"state"`, `"rtg"`, `"action"`, `"reward"`) enter each
-    layer's SVD. Batches come from a `WindowSampler` seeded with `data_seed + EVA_SEED_OFFSET`
-    (`data_seed` defaults to `seed`), separate from the training sampler. `autocast_dtype` (e.g.
-    `torch.bfloat16`) runs the forward passes under autocast; the SVD itself stays fp32.
+    layer's SVD. `config.max_batches` batches of `batch_size` windows come from a `WindowSampler`
+    seeded with `data_seed + EVA_SEED_OFFSET` (`data_seed` defaults to `config.seed`), separate from
+    the training sampler. `autocast_dtype` (e.g. `torch.bfloat16`) runs the forward passes under
+    autocast; the SVD itself stays fp32.
     """
-
     types = [str(t) for t in token_types]
     if not types:
-        raise ValueError("eva.token_types is empty; choose some of state, rtg, action, reward")
+        raise ValueError(f"eva.token_types is empty; choose some of {', '.join(TOKEN_TYPES)}")
     targets = list(target_modules if target_modules is not None else DT_ADAPTER_TARGETS)
-    config = EvaConfig(
-        rank=rank, rho=float(rho), tau=float(tau), max_batches=max_batches, seed=seed,
-        progress=progress,
-    )
     # token_mask validates the types against the model's layout up front, before any forward pass
     probe = {"states": torch.zeros(1, 1, model.cfg.state_dim)}
     model.token_mask(probe, types)
     sampler = WindowSampler(
         dataset, context_len=model.cfg.context_len, batch_size=batch_size, rtg_scale=rtg_scale,
-        reward_scale=reward_scale, seed=(seed if data_seed is None else data_seed) + EVA_SEED_OFFSET, tasks=[task],
+        reward_scale=reward_scale, seed=(config.seed if data_seed is None else data_seed) + EVA_SEED_OFFSET,
+        tasks=[task],
     )
     with eval_mode(model):
         return compute_eva(
             model,
-            eva_batches(sampler, max_batches, device),
+            eva_batches(sampler, config.max_batches, device),
             config,
             target_modules=targets,
             forward_fn=dt_forward if autocast_dtype is None else _autocast_forward(autocast_dtype),

@@ -19,6 +19,7 @@ from torch import nn
 
 from dt_eva.adapters import adapter_layers, adapter_state_dict, inject_adapters, load_adapter_state_dict, merge_adapters
 from dt_eva.eva import match_modules
+from dt_eva.eva.matching import weight_shape
 from dt_eva.methods.registry import MethodSpec
 from dt_eva.models import DT_ADAPTER_TARGETS
 
@@ -220,9 +221,7 @@ def check_rank_fits(model: nn.Module, target_modules: Sequence[str], rank: int, 
     """
 
     for name, module in match_modules(model, list(target_modules)):
-        weight = module.weight
-        # nn.Linear stores (out, in); the DT only has nn.Linear targets, but be general
-        out_f, in_f = (weight.shape[0], weight.shape[1]) if isinstance(module, nn.Linear) else weight.shape[::-1]
+        in_f, out_f = weight_shape(module)
         limit = min(int(in_f), int(out_f))
         if rank > limit:
             raise ValueError(

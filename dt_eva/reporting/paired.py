@@ -11,6 +11,11 @@ then for each drawn position `floor(rng.random((resamples, max seeds)) * seeds o
 the mean of every drawn difference. It treats the tasks as a sample of tasks, so it answers whether a
 difference would hold on other tasks; with few tasks it is wider than the pair interval.
 
+The tasks-fixed interval (the study protocol's estimand): the tasks are held fixed and each resample draws,
+task by task in (task) order, that task's seeds with replacement (`rng.integers(0, n_t, size=(resamples, n_t))`),
+then takes the mean of every drawn difference. It asks whether the difference would hold with other seeds
+on these tasks; with one task it is the pair interval.
+
 The minimum detectable difference: 2.8 x the standard error of the paired mean (std(ddof=1) / sqrt(n)),
 i.e. (z_0.975 + z_0.8) x s.e.: a true difference this large is found (a 95 % interval that excludes 0)
 with about 80 % power, in the normal approximation (with few pairs the t distribution makes it larger).
@@ -53,6 +58,9 @@ class PairedDifference:
     only_b: list[Pair] = field(default_factory=list)
     task_low: float | None = None  # task-level bootstrap 95 % interval (None with fewer than 2 tasks)
     task_high: float | None = None
+    fixed_low: float | None = None  # tasks-fixed (seeds within tasks) bootstrap 95 % interval
+    fixed_high: float | None = None
+    diffs: dict[Pair, float] = field(default_factory=dict)  # a - b per common pair
 
     @property
     def task_resolved(self) -> bool:
@@ -133,6 +141,18 @@ def task_bootstrap_interval(diffs_by_task: list[np.ndarray], resamples: int = RE
     return float(low), float(high)
 
 
+def seeds_within_tasks_interval(diffs_by_task: list[np.ndarray], resamples: int = RESAMPLES,
+                                seed: int = BOOTSTRAP_SEED, level: float = 0.95) -> tuple[float, float]:
+    """Bootstrap interval of the mean difference with the tasks held fixed: seeds resampled within each task."""
+    rng = np.random.default_rng(seed)
+    total = np.zeros(resamples)
+    for d in diffs_by_task:
+        total += d[rng.integers(0, len(d), size=(resamples, len(d)))].sum(axis=1)
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(total / sum(len(d) for d in diffs_by_task), [tail, 100 - tail])
+    return float(low), float(high)
+
+
 def paired_difference(a: str, b: str, metric: str, values_a: dict[Pair, float], values_b: dict[Pair, float],
                       resamples: int = RESAMPLES, seed: int = BOOTSTRAP_SEED) -> PairedDifference:
     """`a - b` over the pairs both have (in (task, seed) order); the pairs only one has are listed."""
@@ -144,12 +164,15 @@ def paired_difference(a: str, b: str, metric: str, values_a: dict[Pair, float], 
         return PairedDifference(a, b, metric, 0, None, None, None, None, only_a, only_b)
     mean = float(diffs.mean())
     if n == 1:
-        return PairedDifference(a, b, metric, 1, mean, None, None, None, only_a, only_b)
+        return PairedDifference(a, b, metric, 1, mean, None, None, None, only_a, only_b,
+                                diffs={common[0]: mean})
     se = float(diffs.std(ddof=1)) / math.sqrt(n)
     low, high = bootstrap_interval(diffs, resamples, seed)
     tasks = sorted({task for task, _ in common})
+    by_task = [np.array([values_a[p] - values_b[p] for p in common if p[0] == t]) for t in tasks]
     task_low = task_high = None
     if len(tasks) >= 2:
-        by_task = [np.array([values_a[p] - values_b[p] for p in common if p[0] == t]) for t in tasks]
         task_low, task_high = task_bootstrap_interval(by_task, resamples, seed)
-    return PairedDifference(a, b, metric, n, mean, se, low, high, only_a, only_b, task_low, task_high)
+    fixed_low, fixed_high = seeds_within_tasks_interval(by_task, resamples, seed)
+    return PairedDifference(a, b, metric, n, mean, se, low, high, only_a, only_b, task_low, task_high,
+                            fixed_low, fixed_high, dict(zip(common, diffs.tolist())))

@@ -25,7 +25,7 @@ from dt_eva.reporting.tables import (
 )
 from dt_eva.runs.layout import SUMMARY
 from dt_eva.runs.records import RunRecord, find_run_dirs, full_task_name, load_run
-from dt_eva.utils.io import atomic_dir, atomic_write_json, atomic_write_text, check_writable_dir
+from dt_eva.utils.io import atomic_dir, atomic_write_json, atomic_write_text, check_writable_dir, read_json
 
 PathLike = str | os.PathLike
 
@@ -151,8 +151,6 @@ def _plot_curves(usable: list[RunRecord], all_runs: list[RunRecord], best: dict[
 
 
 def _plot_heatmaps(runs: list[RunRecord], out: Path, problems: list[str]) -> list[Path]:
-    import json
-
     from dt_eva.reporting.rank_heatmap import plot_rank_heatmap
 
     files = []
@@ -161,7 +159,7 @@ def _plot_heatmaps(runs: list[RunRecord], out: Path, problems: list[str]) -> lis
         if run.eva_result_path is None:
             continue
         try:
-            ranks = {str(k): int(v) for k, v in json.loads(run.eva_result_path.read_bytes())["ranks"].items()}
+            ranks = {str(k): int(v) for k, v in read_json(run.eva_result_path)["ranks"].items()}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             problems.append(f"{run.eva_result_path} is corrupt ({type(e).__name__}: {e}); no rank heatmap for it")
             continue
@@ -178,7 +176,8 @@ _REPORT_TITLE = "# dt-eva report"
 MANIFEST = ".dt-eva-report.json"
 # What reports of dt-eva before the manifest wrote at the top of their folder (tables, report.md)
 _LEGACY_NAMES = re.compile(r"(report|table6_\w+|table19_\w+|pretrain_success|configs_\w+|comparisons\w*|curves|"
-                           r"grad_norm|eva_ranks|eva_init_time)\.(md|csv)")
+                           r"grad_norm|eva_ranks|eva_init_time|quality|tests|per_task|power|rliable)\.(md|csv)")
+_FIGURE_DIRS = ("curves", "heatmaps", "profiles")  # the report's folders of figures (*.png)
 
 
 def check_out_dir(out: Path) -> None:
@@ -218,13 +217,13 @@ def _foreign_files(out: Path) -> list[Path]:
     for f in entries:
         rel = f.relative_to(out)
         if f.is_dir() and not f.is_symlink():
-            ok = len(rel.parts) == 1 and rel.name in ("curves", "heatmaps")
+            ok = len(rel.parts) == 1 and rel.name in _FIGURE_DIRS
         elif listed is not None:
             ok = f.is_file() and not f.is_symlink() and (rel.as_posix() in listed or rel.as_posix() == MANIFEST)
         else:  # a report from before the manifest: the names it writes
             ok = f.is_file() and not f.is_symlink() and (
                 (len(rel.parts) == 1 and bool(_LEGACY_NAMES.fullmatch(rel.name))) or (
-                    len(rel.parts) == 2 and rel.parts[0] in ("curves", "heatmaps") and f.suffix == ".png"))
+                    len(rel.parts) == 2 and rel.parts[0] in _FIGURE_DIRS and f.suffix == ".png"))
         if not ok:
             foreign.append(f)
     return foreign

@@ -77,11 +77,11 @@ def plot_curves(points: dict[str, list[tuple[int, MeanSE]]], metric: str, path: 
                                f"{METRIC_LABELS[metric]} vs updates (mean over tasks and seeds, ± s.e.)", path)
 
 
-def save_updates_figure(fig, ax, ylabel: str, title: str, path: Path) -> Path:
+def save_updates_figure(fig, ax, ylabel: str, title: str, path: Path, xlabel: str = "updates") -> Path:
     """Label an against-updates plot, add its grid and legend, and write it as a PNG atomically."""
     import matplotlib.pyplot as plt
 
-    ax.set_xlabel("updates")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)

@@ -31,14 +31,21 @@ from dt_eva.reporting.study_dynamics import (
     plot_along_budget,
 )
 from dt_eva.reporting.study_ordering import ordering_markdown, ordering_vs_paper
+from dt_eva.reporting.study_pertask import per_task_section
+from dt_eva.reporting.study_power import DEFAULT_DELTAS, check_deltas, power_csv, power_markdown, power_rows
+from dt_eva.reporting.study_quality import quality_section
 from dt_eva.reporting.study_ranks import eva_rows, init_time_table, rank_csv, rank_markdown, rank_summary
 from dt_eva.reporting.study_rows import StudyData, StudyKey, StudyRow, read_study
+from dt_eva.reporting.study_rliable import INSTALL
+from dt_eva.reporting.study_stats import paired_tests, tests_csv, tests_markdown
 from dt_eva.reporting.study_tables import PAPER_TABLE6_AVG, TABLE_METRICS, study_tables
 from dt_eva.reporting.tables import METRIC_LABELS, short_task_name
 from dt_eva.runs.results import RESULTS
 from dt_eva.utils.io import atomic_dir, atomic_write_text
 
 PathLike = str | os.PathLike
+LISTED = 8  # left-out pairs named per comparison (a partial grid can leave out dozens)
+VALIDATION_PREFIX = "validation"  # a parent folder's validation sweep is not pooled with its main grid
 
 
 def results_csv_of(path: PathLike) -> Path | None:
@@ -49,6 +56,30 @@ def results_csv_of(path: PathLike) -> Path | None:
     if path.is_dir() and (path / RESULTS).is_file():
         return path / RESULTS
     return None
+
+
+def results_csvs_of(paths: list[PathLike]) -> list[Path] | None:
+    """The results.csv files that `paths` name (each a results.csv, a sweep folder, or a folder whose
+    sub-folders are sweep folders: a study run in phases, e.g. studies/cw10-ii); None when none of them
+    names one (then they are run directories). A path that names none while others do is an error."""
+    found = [_named_csvs(Path(path)) for path in paths]
+    if not any(found):
+        return None
+    for path, files in zip(paths, found):
+        if not files:
+            raise FileNotFoundError(f"{path}: no results.csv there (nor in its sub-folders); pass sweep folders "
+                                    "or their results.csv files")
+    return list(dict.fromkeys(f for files in found for f in files))
+
+
+def _named_csvs(path: Path) -> list[Path]:
+    """`path`'s own results.csv, or those of the sweep folders directly below it except a learning-rate
+    validation (`validation*`: another design, other tasks and seeds; name it to pool it)."""
+    own = results_csv_of(path)
+    if own is not None or not path.is_dir():
+        return [own] if own is not None else []
+    return sorted(p / RESULTS for p in path.iterdir()
+                  if (p / RESULTS).is_file() and not p.name.startswith(VALIDATION_PREFIX))
 
 
 def comparisons(rows: list[StudyRow], chosen: dict[str, StudyKey]) -> tuple[list[PairedDifference], list[str]]:
@@ -88,7 +119,8 @@ def comparisons_markdown(diffs: list[PairedDifference], not_computed: list[str])
                      f"{d.task_interval(digits)} | {mdd} | {d.verdict()} | {paper} |")
         for missing, present in ((d.b, d.only_a), (d.a, d.only_b)):
             if present:
-                pairs = ", ".join(f"{short_task_name(t)}/seed {s}" for t, s in present)
+                pairs = ", ".join(f"{short_task_name(t)}/seed {s}" for t, s in present[:LISTED]) + (
+                    ", …" if len(present) > LISTED else "")
                 notes.append(f"{name}, {METRIC_LABELS[d.metric]}: {len(present)} pair(s) left out, "
                              f"{method_label(missing)} missing: {pairs}.")
     lines += ["", ("Mean difference: the first method minus the second over the (task, seed) pairs where both "
@@ -153,12 +185,14 @@ def _header(data: StudyData) -> str:
     tasks = sorted({r.task for r in rows})
     seeds = sorted({r.seed for r in rows})
     methods = sorted({r.key.method for r in rows})
-    return (f"Study from `{data.path}`: {len(rows)} finished run(s) used, {len(data.excluded)} excluded; "
+    sources = ", ".join(f"`{p}`" for p in (data.paths or [data.path]))
+    return (f"Study from {sources}: {len(rows)} finished run(s) used, {len(data.excluded)} excluded; "
             f"{len(methods)} method(s), {len(tasks)} task(s), seeds {', '.join(map(str, seeds))}.")
 
 
-def _sections(data: StudyData, out: Path, plots: bool) -> tuple[list[str], dict[str, str], list[Path]]:
-    """Markdown sections, CSV files (name -> text) and PNGs written under `out`."""
+def _sections(data: StudyData, out: Path, plots: bool, deltas: list[float],
+              warnings: list[str]) -> tuple[list[str], dict[str, str], list[Path]]:
+    """Markdown sections, CSV files (name -> text) and PNGs written under `out`; adds to `warnings`."""
     tables, chosen = study_tables(data.rows)
     sections = [t.to_markdown() for t in tables]
     files = {f"{t.name}.csv": t.to_csv() for t in tables}
@@ -166,6 +200,7 @@ def _sections(data: StudyData, out: Path, plots: bool) -> tuple[list[str], dict[
     if diffs or not_computed:
         sections.append(comparisons_markdown(diffs, not_computed))
         files["comparisons.csv"] = comparisons_csv(diffs)
+        _statistics(diffs, data.rows, chosen, deltas, sections, files, warnings)
     for metric in ("success_any", "success_final"):
         ordering = ordering_vs_paper(data.rows, chosen, metric)
         if ordering is not None:
@@ -178,7 +213,7 @@ def _sections(data: StudyData, out: Path, plots: bool) -> tuple[list[str], dict[
     if ratios:
         sections.append(grad_norm_markdown(ratios))
         files["grad_norm.csv"] = grad_norm_csv(ratios)
-    images: list[Path] = []
+    images = _rliable_sections(data.rows, chosen, out, plots, sections, files)
     if steps and plots:
         images += [plot_along_budget(steps, metric, out / "curves" / f"difference_{metric}.png")
                    for metric in dict.fromkeys(d.metric for _, d in steps)]
@@ -204,6 +239,58 @@ def _sections(data: StudyData, out: Path, plots: bool) -> tuple[list[str], dict[
     return sections, files, images
 
 
+def _statistics(diffs: list[PairedDifference], rows: list[StudyRow], chosen: dict[str, StudyKey],
+                deltas: list[float], sections: list[str], files: dict[str, str], warnings: list[str]) -> None:
+    """The tests with Holm and verdicts, the per-task tables, the power and the data-quality sections
+    (the first and third need scipy: without it, the note that says what to install)."""
+    quality, files["quality.csv"], more = quality_section(diffs, rows, chosen)
+    warnings += more
+    try:
+        import scipy.stats  # noqa: F401
+    except ImportError as error:
+        sections.append(f"### Tests, verdicts and power\n\nThe sign-flip and Wilcoxon tests, Holm's correction, the "
+                        f"verdicts and the power section need scipy ({INSTALL}); not written here ({error}).\n")
+        tests = []
+    else:
+        tests = paired_tests(diffs)
+    if tests:
+        sections.append(tests_markdown(tests))
+        files["tests.csv"] = tests_csv(tests)
+    per_task = per_task_section(diffs, rows, chosen)
+    if per_task:
+        sections.append(per_task[0])
+        files["per_task.csv"] = per_task[1]
+    power = power_rows(diffs, deltas) if tests else []
+    if power:
+        sections.append(power_markdown(power, deltas))
+        files["power.csv"] = power_csv(power)
+    sections.append(quality)
+
+
+def _rliable_sections(rows: list[StudyRow], chosen: dict[str, StudyKey], out: Path, plots: bool,
+                      sections: list[str], files: dict[str, str]) -> list[Path]:
+    """IQM, probability of improvement and performance profiles, or the note that says to install rliable."""
+    from dt_eva.reporting import study_rliable as rl
+
+    note = rl.missing_note()
+    if note is not None:
+        sections.append(f"### Interquartile mean, probability of improvement, performance profiles\n\n{note}\n")
+        return []
+    images, text = [], []
+    for metric in rl.IQM_METRICS:
+        scores = rl.method_scores(rows, chosen, metric)
+        if not scores:
+            continue
+        iqm, poi = rl.iqm_intervals(scores), rl.improvement(scores)
+        sections.append(rl.rliable_markdown(metric, scores, iqm, poi))
+        text.append(rl.rliable_csv(metric, scores, iqm, poi))
+        if plots:
+            images.append(rl.plot_profiles(scores, metric, out / "profiles" / f"{metric}.png"))
+    if text:
+        files["rliable.csv"] = text[0] + "".join(t.split("\n", 1)[1] for t in text[1:])
+    return images
+
+
 def _excluded_lines(excluded: list[tuple[str, str, str]]) -> list[str]:
     """Failed runs one by one with their error; runs not yet run (a sweep still going) as one line."""
     pending = [n for n, s, _ in excluded if s == "pending"]
@@ -214,20 +301,25 @@ def _excluded_lines(excluded: list[tuple[str, str, str]]) -> list[str]:
     return lines
 
 
-def build_study_report(results: PathLike, out_dir: PathLike, plots: bool = True) -> dict[str, Any]:
-    """The study report of a sweep's results.csv (or its folder), written to `out_dir` as a whole
+def build_study_report(results: PathLike | list[PathLike], out_dir: PathLike, plots: bool = True,
+                       power_deltas: tuple[float, ...] | list[float] = DEFAULT_DELTAS) -> dict[str, Any]:
+    """The study report of a sweep's results.csv (or its folder; or several, pooled: a study run in
+    phases), written to `out_dir` as a whole
     (atomically; `out_dir` must be new, empty or an older report): report.md, a CSV per table,
-    comparisons.csv, curves.csv and curves/*.png, eva_ranks.csv and heatmaps/*.png, eva_init_time.csv.
-    Returns {"out_dir", "markdown", "sections", "files", "rows", "excluded", "warnings"}."""
+    comparisons.csv, tests.csv (permutation / Wilcoxon with Holm), per_task.csv, power.csv (differences
+    `power_deltas` sized), rliable.csv and profiles/*.png (with rliable installed), curves.csv and
+    curves/*.png, eva_ranks.csv and heatmaps/*.png, eva_init_time.csv.
+    Returns {"out_dir", "markdown", "header", "sections", "files", "rows", "excluded", "warnings"}."""
     out = Path(out_dir)
-    path = results_csv_of(results)
-    if path is None:
+    deltas = check_deltas(list(power_deltas))
+    paths = results_csvs_of(list(results) if isinstance(results, (list, tuple)) else [results])
+    if paths is None:
         raise FileNotFoundError(f"{results}: no results.csv there; pass a sweep's folder or its results.csv")
     check_out_dir(out)
-    data = read_study(path)
+    data = read_study(paths)
     warnings = data_warnings(data)
     with atomic_dir(out) as tmp:
-        sections, files, images = _sections(data, tmp, plots)
+        sections, files, images = _sections(data, tmp, plots, deltas, warnings)
         for name, text in files.items():
             atomic_write_text(tmp / name, text)
         parts = [_REPORT_TITLE + ": study", "", _header(data), ""] + sections
@@ -241,5 +333,6 @@ def build_study_report(results: PathLike, out_dir: PathLike, plots: bool = True)
         atomic_write_text(tmp / "report.md", markdown)
         write_manifest(tmp, [tmp / "report.md"] + [tmp / n for n in files] + list(images))
         written = [out / "report.md"] + [out / n for n in files] + [out / f.relative_to(tmp) for f in images]
-    return {"out_dir": str(out), "markdown": markdown, "sections": sections, "files": [str(f) for f in written],
+    return {"out_dir": str(out), "markdown": markdown, "header": _header(data), "sections": sections,
+            "files": [str(f) for f in written],
             "rows": [r.name for r in data.rows], "excluded": data.excluded, "warnings": warnings}

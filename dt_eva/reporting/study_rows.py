@@ -8,7 +8,6 @@ their error, as excluded.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from pathlib import Path
 from dt_eva.methods.registry import METHODS, normalize_method_name
 from dt_eva.reporting.tables import ConfigKey
 from dt_eva.runs.records import full_task_name
-from dt_eva.runs.results import FIELD_LIMIT, FIELDS, row_problem
+from dt_eva.runs.results import FIELDS, read_csv, row_problem
 
 METRIC_COLUMNS = ("success_any", "success_final", "heldout_loss", "final_loss")
 CURVE_METRICS = ("success_any", "success_final", "heldout_loss", "grad_norm")  # the `<metric>@<step>` columns
@@ -51,6 +50,8 @@ class StudyRow:
     eva_init_seconds: float | None
     seconds: float | None
     precision: str | None = None  # fp32 / bf16; None in tables written before the column existed
+    eval_precision: str | None = None  # the final evaluation's precision; None before the column existed
+    cpu: str | None = None  # the CPUs that ran it, " | "-separated when a resumed run crossed machines
 
 
 @dataclass
@@ -59,51 +60,52 @@ class StudyData:
     rows: list[StudyRow]
     excluded: list[tuple[str, str, str]]  # (name, status, error)
     warnings: list[str] = field(default_factory=list)
+    paths: list[Path] = field(default_factory=list)  # every results.csv read (a study in phases has several)
 
 
-def read_study(path: str | Path) -> StudyData:
-    """The rows of a fine-tuning sweep's results.csv; a clear error when it is missing, of another kind
-    or has no finished run."""
-    path = Path(path)
+def _read_table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; pass a sweep's folder or its results.csv "
                                 "(written by `dt-eva sweep`)")
-    limit = csv.field_size_limit(max(csv.field_size_limit(), FIELD_LIMIT))
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            header, records = list(reader.fieldnames or []), list(reader)
-    except csv.Error as e:
-        raise ValueError(f"{path}, line {reader.line_num}: {e}; fix or delete that row") from None
-    finally:
-        csv.field_size_limit(limit)
+    header, records = read_csv(path)
     missing = [c for c in REQUIRED if c not in header]
     if missing:
         kind = " (this looks like a pre-training sweep)" if "task" not in header and "seed" in header else ""
         raise ValueError(f"{path}: columns {missing} are missing{kind}; the study report reads the results.csv "
                          "of a fine-tuning sweep")
-    extras = _extra_columns(header, records)
-    data = StudyData(path, [], [])
+    return header, records
+
+
+def read_study(path: str | Path | list[Path]) -> StudyData:
+    """The rows of a fine-tuning sweep's results.csv, or of several (a study run in phases, one sweep
+    folder each: their rows are pooled); a clear error when one is missing, of another kind or when
+    there is no finished run."""
+    paths = [Path(p) for p in path] if isinstance(path, list) else [Path(path)]
+    tables = [(p, *_read_table(p)) for p in paths]
+    extras = list(dict.fromkeys(c for _, header, records in tables for c in _extra_columns(
+        header, [r for _, _, rs in tables for r in rs])))
+    data = StudyData(paths[0], [], [], paths=paths)
     seen: dict[tuple, str] = {}
-    for i, record in enumerate(records, start=2):  # line 1 is the header
-        if record["status"] != "done":
-            data.excluded.append((record["name"], record["status"], record.get("error") or ""))
-            continue
-        where = f"{path}, line {i} ({record['name']})"
-        problem = row_problem(record)  # e.g. a success of 7.5 or a seed of 1.5
-        if problem:
-            raise ValueError(f"{where}: {problem}; fix or delete that row")
-        row = _parse_row(record, extras, where)
-        slot = (row.key, row.task, row.seed)
-        if slot in seen:
-            data.warnings.append(f"runs {seen[slot]} and {row.name} have the same configuration, task and seed; "
-                                 f"{row.name} is left out")
-            continue
-        seen[slot] = row.name
-        data.rows.append(row)
+    for p, _, records in tables:
+        for i, record in enumerate(records, start=2):  # line 1 is the header
+            if record["status"] != "done":
+                data.excluded.append((record["name"], record["status"], record.get("error") or ""))
+                continue
+            where = f"{p}, line {i} ({record['name']})"
+            problem = row_problem(record)  # e.g. a success of 7.5 or a seed of 1.5
+            if problem:
+                raise ValueError(f"{where}: {problem}; fix or delete that row")
+            row = _parse_row(record, extras, where)
+            slot = (row.key, row.task, row.seed)
+            if slot in seen:
+                data.warnings.append(f"runs {seen[slot]} and {row.name} have the same configuration, task and "
+                                     f"seed; {row.name} is left out")
+                continue
+            seen[slot] = row.name
+            data.rows.append(row)
     if not data.rows:
         listing = "".join(f"\n  - {n}: {s} {e}".rstrip() for n, s, e in data.excluded)
-        raise ValueError(f"{path}: no finished run (status done) to report on{listing}")
+        raise ValueError(f"{', '.join(map(str, paths))}: no finished run (status done) to report on{listing}")
     return data
 
 
@@ -111,8 +113,8 @@ def _extra_columns(header: list[str], records: list[dict[str, str]]) -> list[str
     """The grid keys outside FIELDS (between `status` and `task`) and `steps`, where finished runs differ in
     them (a constant column tells configurations nothing apart)."""
     columns = header[header.index("status") + 1:header.index("task")] + ["steps"]
-    done = [r for r in records if r["status"] == "done"]
-    return [c for c in columns if len({r.get(c) for r in done}) > 1]
+    done = [r for r in records if r["status"] == "done"]  # records of every table read together
+    return [c for c in columns if len({r[c] for r in done if c in r}) > 1]  # a table without the column: no vote
 
 
 def _parse_row(record: dict[str, str], extras: list[str], where: str) -> StudyRow:
@@ -139,7 +141,8 @@ def _parse_row(record: dict[str, str], extras: list[str], where: str) -> StudyRo
         raise ValueError(f"{where}: the seed is empty")
     return StudyRow(record["name"], key, full_task_name(record["task"]), int(seed), values, curves,
                     int(episodes) if episodes is not None else None, _ranks(record.get("adapter_ranks"), where),
-                    number("eva_init_seconds"), number("seconds"), record.get("precision") or None)
+                    number("eva_init_seconds"), number("seconds"), record.get("precision") or None,
+                    record.get("eval_precision") or None, record.get("cpu") or None)
 
 
 def _number(text: str | None, column: str, where: str) -> float | None:

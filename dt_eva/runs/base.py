@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from dt_eva.runs.configs import PretrainConfig
 from dt_eva.runs.layout import RunPaths
 from dt_eva.runs.marker import run_kind
 from dt_eva.training.configs import DataConfig
+from dt_eva.utils.io import load_json_object
 from dt_eva.utils.torchfiles import load_state_dict_file
 
 
@@ -39,13 +39,29 @@ class PretrainedBase:
         """A fresh `DecisionTransformer` with the pre-trained weights (dropout optionally replaced)."""
 
         model_cfg = self.model_cfg if dropout is None else dataclasses.replace(self.model_cfg, dropout=float(dropout))
-        model = DecisionTransformer(model_cfg)
-        try:
-            model.load_state_dict(self.state)
-        except RuntimeError as e:
-            paths = RunPaths(self.run_dir)
-            raise ValueError(f"the weights in {paths.model} do not fit the model described by {paths.config}: {e}") from None
-        return model
+        paths = RunPaths(self.run_dir)
+        return build_model(model_cfg, self.state, paths.model, paths.config)
+
+
+def build_model(model_cfg: Any, state: dict[str, torch.Tensor], weights: Path, config: Path) -> nn.Module:
+    """A `DecisionTransformer(model_cfg)` holding `state`. The config is checked against the weights'
+    names and shapes on a skeleton that allocates no memory (torch's meta device) first: a crafted
+    `config.yaml` (hidden size 65536, 64 layers) must not make us allocate tens of GB before failing."""
+    with torch.device("meta"):
+        skeleton = DecisionTransformer(model_cfg)
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    saved = {k: tuple(v.shape) for k, v in state.items()}
+    wrong = [f"{k}: {saved[k]} in the weights, {expected[k]} in the config" for k in expected
+             if k in saved and saved[k] != expected[k]]
+    missing, unexpected = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
+    if wrong or missing or unexpected:
+        details = "; ".join(wrong[:3] + [f"missing {missing[:3]}"] * bool(missing)
+                            + [f"unexpected {unexpected[:3]}"] * bool(unexpected))
+        raise ValueError(f"the weights in {weights} do not fit the model described by {config} ({details}); "
+                         "restore the run's config.yaml or its weights")
+    model = DecisionTransformer(model_cfg)
+    model.load_state_dict(state)
+    return model
 
 
 def file_sha256(path: Path) -> str:
@@ -90,6 +106,6 @@ def load_pretrained_base(checkpoint: str | Path) -> PretrainedBase:
 
 def _finished_step(paths: RunPaths) -> int | None:
     try:
-        return int(json.loads(paths.summary.read_text(encoding="utf-8")).get("steps"))
-    except (OSError, ValueError, TypeError, AttributeError):
+        return int((load_json_object(paths.summary) or {}).get("steps"))
+    except (ValueError, TypeError):
         return None

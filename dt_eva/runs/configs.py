@@ -11,12 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from dt_eva.eva.config import EvaConfig
 from dt_eva.methods.registry import resolve_method
+from dt_eva.models import TOKEN_TYPES
 from dt_eva.models.config import DTConfig
 from dt_eva.runs.guard import check_run_name
 from dt_eva.training.configs import DataConfig, OptimConfig, TrainConfig
-
-TOKEN_TYPE_NAMES = ("state", "rtg", "action", "reward")
+from dt_eva.utils.checks import check_number, check_seed
 
 
 @dataclass
@@ -32,6 +33,7 @@ class PretrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
+        check_seed("seed", self.seed)
         if not self.run_dir:
             check_run_name(self.name)
 
@@ -44,33 +46,42 @@ class PretrainConfig:
 
 @dataclass
 class EvaSettings:
-    """How EVA reads the fine-tuning task's data.
+    """How EVA reads the fine-tuning task's data: the `eva:` section of a fine-tuning config.
 
     token_types: which tokens' activations enter each layer's SVD (state, rtg, action, reward).
     batch_size:  windows per EVA batch; each contributes context_len x len(token_types) rows.
     tau:         convergence threshold on the cosine of successive component estimates.
     max_batches: cap on EVA batches (hitting it warns and keeps the latest estimates).
     adjust_alpha: scale each layer's alpha by rank_i / rank so alpha / rank stays uniform.
+
+    `tau` and `max_batches` are `EvaConfig`'s: their defaults and checks live there, and
+    `eva_config` is the one way from this section to the `EvaConfig` that reaches the SVD.
     """
 
-    token_types: list[str] = field(default_factory=lambda: list(TOKEN_TYPE_NAMES))
+    token_types: list[str] = field(default_factory=lambda: list(TOKEN_TYPES))
     batch_size: int = 16
-    tau: float = 0.99
-    max_batches: int = 100
+    tau: float = EvaConfig.tau
+    max_batches: int = EvaConfig.max_batches
     adjust_alpha: bool = False
 
     def __post_init__(self) -> None:
-        unknown = [t for t in self.token_types if t not in TOKEN_TYPE_NAMES]
+        unknown = [t for t in self.token_types if t not in TOKEN_TYPES]
         if unknown or not self.token_types:
             raise ValueError(
-                f"eva.token_types {self.token_types!r} must be a non-empty list out of {list(TOKEN_TYPE_NAMES)}"
+                f"eva.token_types {self.token_types!r} must be a non-empty list out of {list(TOKEN_TYPES)}"
             )
         if self.batch_size < 1:
             raise ValueError(f"eva.batch_size must be >= 1, got {self.batch_size}")
-        if self.max_batches < 1:
-            raise ValueError(f"eva.max_batches must be >= 1, got {self.max_batches}")
-        if not 0.0 <= self.tau <= 1.0:
-            raise ValueError(f"eva.tau must be in [0, 1], got {self.tau}")
+        try:
+            self.eva_config()
+        except ValueError as error:  # EvaConfig's check, named by the config key
+            raise ValueError(f"eva.{str(error).removeprefix('EvaConfig: ')}") from None
+
+    def eva_config(self, rank: int = EvaConfig.rank, rho: float = EvaConfig.rho, seed: int = EvaConfig.seed,
+                   progress: bool = EvaConfig.progress) -> EvaConfig:
+        """The `EvaConfig` of a run with these settings (rank, rho and seed are the run's own keys)."""
+        return EvaConfig(rank=rank, rho=float(rho), tau=float(self.tau), max_batches=self.max_batches, seed=seed,
+                         progress=progress)
 
 
 @dataclass
@@ -97,6 +108,7 @@ class AdaLoraSettings:
             )
         if self.delta_t < 1:
             raise ValueError(f"adalora.delta_t must be >= 1, got {self.delta_t}")
+        check_number("adalora.orth_reg_weight", self.orth_reg_weight, low=0)
 
 
 @dataclass
@@ -161,10 +173,9 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         if self.rank < 1:
             raise ValueError(f"rank must be >= 1, got {self.rank}")
-        if not self.rho >= 1:
-            raise ValueError(f"rho must be >= 1 (1 keeps EVA's ranks uniform), got {self.rho}")
-        if self.alpha <= 0:
-            raise ValueError(f"alpha must be > 0, got {self.alpha}")
+        check_seed("seed", self.seed)
+        check_number("rho", self.rho, low=1, hint=" (1 keeps EVA's ranks uniform)")
+        check_number("alpha", self.alpha, low=0, low_open=True)
         if not 0.0 <= self.adapter_dropout < 1.0:
             raise ValueError(f"adapter_dropout must be in [0, 1), got {self.adapter_dropout}")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:

@@ -8,14 +8,13 @@ recorded library versions, which marks them as ours too.
 from __future__ import annotations
 
 import datetime
-import json
 import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
 from dt_eva.runs.layout import KINDS, META, PACKAGE
-from dt_eva.utils.io import atomic_write_json
+from dt_eva.utils.io import atomic_write_json, read_json
 from dt_eva.utils.versions import library_versions
 
 
@@ -25,12 +24,36 @@ def read_meta(run_dir: str | Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not readable JSON ({e}); the run directory is damaged") from None
+        meta = read_json(path)
+    except ValueError as e:  # names the file
+        raise ValueError(f"{e}; the run directory is damaged") from None
     if not isinstance(meta, dict):
         raise ValueError(f"{path} does not hold a JSON object; the run directory is damaged")
+    _check_types(path, meta)
     return meta
+
+
+# the JSON type of each entry dt-eva writes (and later reads as that type)
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "package": (str,), "kind": (str,), "run_id": (str,), "versions": (dict,), "command": (list,),
+    "created": (str,), "resumed": (list,), "task": (str,), "method": (str,), "base": (dict,), "model": (dict,),
+}
+_BASE_TYPES: dict[str, tuple[type, ...]] = {"path": (str,), "sha256": (str,), "step": (int, type(None))}
+_JSON_NAMES = {str: "a string", dict: "an object", list: "a list", int: "an integer", type(None): "null"}
+
+
+def _check_types(path: Path, meta: dict[str, Any]) -> None:
+    """A `meta.json` entry of the wrong type is a damaged (or hand-edited) marker: name the entry."""
+    entries = [(key, meta.get(key), types) for key, types in _FIELD_TYPES.items()]
+    base = meta.get("base")
+    if isinstance(base, dict):
+        entries += [(f"base.{key}", base.get(key), types) for key, types in _BASE_TYPES.items()]
+    for key, value, types in entries:
+        if value is None or (isinstance(value, types) and not isinstance(value, bool)):
+            continue
+        expected = " or ".join(_JSON_NAMES[t] for t in types)
+        raise ValueError(f"{path}: {key!r} is {value!r}, expected {expected}; the run directory is damaged "
+                         "(restore its meta.json, or delete the folder to start the run again)")
 
 
 def is_marked(meta: dict[str, Any] | None) -> bool:

@@ -7,7 +7,6 @@ that has not finished, `checkpoints/last.pt`), and a fine-tuning run from its pr
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -20,11 +19,11 @@ from dt_eva.data.format import METADATA_FILE
 from dt_eva.eva import EvaResult
 from dt_eva.methods import resolve_method
 from dt_eva.methods.model import build_method_model, check_same_base
-from dt_eva.models import DecisionTransformer
-from dt_eva.runs.base import PretrainedBase, load_pretrained_base
+from dt_eva.runs.base import PretrainedBase, build_model, load_pretrained_base
 from dt_eva.runs.configs import FinetuneConfig, PretrainConfig
 from dt_eva.runs.layout import RunPaths
 from dt_eva.runs.marker import read_meta, run_kind
+from dt_eva.utils.io import read_json
 from dt_eva.utils.torchfiles import load_checkpoint, load_state_dict_file
 
 
@@ -41,7 +40,9 @@ def collect_hint(data_path: str | Path, task: str) -> str:
 
     command = f"dt-eva collect --tasks {short_name(task)} --out {data_path}"
     try:
-        meta = json.loads((Path(data_path) / METADATA_FILE).read_text(encoding="utf-8"))
+        meta = read_json(Path(data_path) / METADATA_FILE)
+        if "source" in meta:  # an imported dataset: `collect` cannot add to it, a new import can hold the task
+            return f"dt-eva import --from {meta['source']['kind']} {meta['source']['path']} --out <new dataset>"
         noise = ",".join(f"{float(x):g}" for x in meta["noise_levels"])
         prefixes = ",".join(str(int(x)) for x in meta.get("random_prefixes", [0]))
         return f"{command} --episodes {int(meta['episodes'])} --noise {noise} --random-prefix {prefixes} --seed {int(meta['seed'])}"
@@ -98,11 +99,7 @@ def _load_pretrain_model(paths: RunPaths, device: torch.device) -> tuple[nn.Modu
         raise FileNotFoundError(f"{paths.config} is missing, so the model cannot be rebuilt")
     cfg = load_config(PretrainConfig, paths.config)
     state, weights_path, step = _weights(paths)
-    model = DecisionTransformer(cfg.model)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise ValueError(f"weights in {weights_path} do not fit the model of {paths.config}: {e}") from None
+    model = build_model(cfg.model, state, weights_path, paths.config)
     model.to(device).eval()
     info: dict[str, Any] = {
         "kind": "pretrain", "run_dir": str(paths.root), "config": config_to_dict(cfg), "weights": str(weights_path),
@@ -162,11 +159,8 @@ def _load_merged(paths: RunPaths, base: PretrainedBase) -> tuple[nn.Module, Path
 
     if not paths.merged_model.is_file():
         raise FileNotFoundError(f"{paths.merged_model} does not exist; run the fine-tuning with --export-merged")
-    model = DecisionTransformer(base.model_cfg)
-    try:
-        model.load_state_dict(load_state_dict_file(paths.merged_model))
-    except RuntimeError as e:
-        raise ValueError(f"{paths.merged_model} does not fit the pre-trained model's config: {e}") from None
+    model = build_model(base.model_cfg, load_state_dict_file(paths.merged_model), paths.merged_model,
+                        RunPaths(base.run_dir).config)
     return model, paths.merged_model, None, {}
 
 

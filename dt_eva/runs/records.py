@@ -13,13 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-import yaml
-
 from dt_eva.methods.registry import METHODS, normalize_method_name
 from dt_eva.runs.evals import largest_eval, read_eval_records
 from dt_eva.runs.layout import CHECKPOINTS, EVA, TENSORBOARD, VIDEOS, RunPaths
 from dt_eva.runs.marker import is_run_dir
-from dt_eva.utils.io import load_json_object
+from dt_eva.utils.io import load_json_object, read_yaml
 
 _NOT_RUN_CHILDREN = {TENSORBOARD, CHECKPOINTS, EVA, VIDEOS, "__pycache__"}
 
@@ -150,9 +148,13 @@ def _read_config(path: Path, problems: list[str], corrupt: list[str]) -> dict[st
     if not path.is_file():
         return {}
     try:
-        loaded = yaml.safe_load(path.read_bytes().decode("utf-8"))
-    except (OSError, ValueError, yaml.YAMLError) as e:
+        loaded = read_yaml(path)
+    except OSError as e:
         problems.append(f"{path} is corrupt ({e})")
+        corrupt.append(path.name)
+        return {}
+    except ValueError as e:  # names the file
+        problems.append(str(e))
         corrupt.append(path.name)
         return {}
     return loaded if isinstance(loaded, dict) else {}

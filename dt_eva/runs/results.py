@@ -6,8 +6,10 @@ columns: name, status (done | failed | pending), the grid keys that are not belo
 final evaluation), `success_any@<step>`, `success_final@<step>`, `heldout_loss@<step>` for every evaluated
 (or probed) step and `grad_norm@<step>` for every logged step (the mean over the steps since the last log),
 total_rank, adapter_ranks (JSON), eva_init_seconds, seconds (training, evaluations included; EVA init not),
-eval_seconds (the evaluations' and probes' share of seconds), precision (what `precision: auto` resolved
-to on the machine that ran it: fp32 or bf16), error, config_hash
+eval_seconds (the evaluations' and probes' share of seconds), precision (the training precision: what
+`train.precision` resolved to on the machine that ran it, fp32 or bf16), eval_precision (the final
+evaluation's), cpu (the CPUs that trained it, `dt_eva.utils.precision.cpu_model`, " | "-separated when a
+resumed run crossed machines), error, config_hash
 (`dt_eva.runs.guard.config_hash` of the run's config), measured_with (JSON: the `MEASURE_KEYS` settings,
 which the hash leaves out but which decide what the row measured), run_dir.
 
@@ -30,9 +32,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
+from dt_eva.runs.episodes import EPISODES, read_episode_rows, run_episode_rows, write_episode_rows
 from dt_eva.runs.guard import config_hash
 from dt_eva.runs.layout import RunPaths
-from dt_eva.utils.io import atomic_write_text, load_json_object, read_metrics
+from dt_eva.utils.io import atomic_write_text, load_json_object, read_metrics, read_text
 
 RESULTS = "results.csv"  # in the sweep's folder
 # results.csv column -> config key, per kind (the settings a study compares)
@@ -42,8 +45,8 @@ FIELDS = {
     "pretrain": {"seed": "seed", "lr": "optim.lr", "steps": "train.steps", "batch_size": "train.batch_size"},
 }
 MEASURED = ("final_loss", "heldout_loss", "success_any", "success_final", "episodes")
-TAIL = ("total_rank", "adapter_ranks", "eva_init_seconds", "seconds", "eval_seconds", "precision", "error",
-        "config_hash", "measured_with", "run_dir")
+TAIL = ("total_rank", "adapter_ranks", "eva_init_seconds", "seconds", "eval_seconds", "precision",
+        "eval_precision", "cpu", "error", "config_hash", "measured_with", "run_dir")
 # Settings outside `config_hash` (a resumed run may change them) that decide what a row measured: its
 # evaluations (episodes, tasks, steps), probes and logged steps. A row counts as done only for the same ones.
 MEASURE_KEYS = ("train.eval_every", "train.eval_episodes", "train.eval_tasks", "train.probe_every", "train.log_every")
@@ -73,6 +76,8 @@ class ResultsTable:
         names = {r.name for r in runs}
         # rows of runs this sweep file does not have (an earlier version of it): kept as they are, never dropped
         self.kept = [row for row in read_results(self.path) if row.get("name") not in names]
+        self.episodes_path = self.path.parent / EPISODES
+        self.episodes = read_episode_rows(self.episodes_path)
         self.rows = {r.name: self._row(r, "done" if r.status == "done" else "pending", None) for r in runs}
 
     def record(self, run: SweepRunLike, error: str | None) -> None:
@@ -94,18 +99,22 @@ class ResultsTable:
         writer.writeheader()
         writer.writerows([{k: _cell(row.get(k)) for k in writer.fieldnames} for row in rows])
         atomic_write_text(self.path, text.getvalue())
+        if any(self.episodes.values()) or self.episodes_path.is_file():  # the kept rows' episodes are kept too
+            write_episode_rows(self.episodes_path, self.episodes, [row["name"] for row in rows])
 
     def _row(self, run: SweepRunLike, status: str, error: str | None) -> dict[str, Any]:
         digest = config_hash(run.config)
         kept = self.committed.get(run.name)
         if status == "done" and not RunPaths(run.run_dir).summary.is_file() and kept and row_matches(kept, run.config):
             return {**kept, "run_dir": str(run.run_dir)}  # finished in an earlier session; only its row is left
+        self.episodes.pop(run.name, None)
         row: dict[str, Any] = {"name": run.name, "status": status, "error": error, "run_dir": str(run.run_dir),
                                "config_hash": digest, "measured_with": measured_with(run.config)}
         row.update({k: config_value(run.config, k) for k in self.grid_keys})
         row.update({col: config_value(run.config, key) for col, key in FIELDS[self.kind].items()})
         if status == "done":
             row.update(read_run_results(run.run_dir))
+            self.episodes[run.name] = run_episode_rows(run.name, run.run_dir)
         return row
 
 
@@ -120,12 +129,22 @@ def read_results(path: str | Path) -> list[dict[str, str]]:
     table is a `ValueError` naming the file and line."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        header, rows = read_csv(path)
     except FileNotFoundError:
         return []
-    except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} cannot be read ({e}); restore it from version control or move it away") from None
-    reader = csv.DictReader(io.StringIO(text))
+    if rows and "name" not in header:
+        raise ValueError(f"{path} has no `name` column, so it is not a results table of `dt-eva sweep`; move it away")
+    for line, row in enumerate(rows, start=2):
+        problem = row_problem(row)
+        if problem:
+            raise ValueError(f"{path}, line {line} ({row.get('name')}): {problem}; fix or delete that row")
+    return rows
+
+
+def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """The header and rows of a results table; a field longer than `FIELD_LIMIT`, a broken quote or text
+    that is not UTF-8 is a `ValueError` naming the file (and line). A missing file is `FileNotFoundError`."""
+    reader = csv.DictReader(io.StringIO(read_text(path, "results file"), newline=""))
     limit = csv.field_size_limit()
     csv.field_size_limit(max(limit, FIELD_LIMIT))
     try:
@@ -134,13 +153,7 @@ def read_results(path: str | Path) -> list[dict[str, str]]:
         raise ValueError(f"{path}, line {reader.line_num}: {e}; fix or delete that row") from None
     finally:
         csv.field_size_limit(limit)
-    if rows and "name" not in (reader.fieldnames or []):
-        raise ValueError(f"{path} has no `name` column, so it is not a results table of `dt-eva sweep`; move it away")
-    for line, row in enumerate(rows, start=2):
-        problem = row_problem(row)
-        if problem:
-            raise ValueError(f"{path}, line {line} ({row.get('name')}): {problem}; fix or delete that row")
-    return rows
+    return list(reader.fieldnames or []), rows
 
 
 def row_problem(row: dict[str, Any]) -> str | None:
@@ -204,6 +217,7 @@ def read_run_results(run_dir: str | Path) -> dict[str, Any]:
            "success_any": _number(mean.get("success_any"), 0, 1), "success_final": _number(mean.get("success_final"), 0, 1),
            "episodes": _count(evaluation.get("episodes")), "total_rank": _count(summary.get("total_rank")),
            "eva_init_seconds": _number(summary.get("eva_init_seconds")), "precision": summary.get("precision"),
+           "eval_precision": evaluation.get("precision"), "cpu": " | ".join(summary.get("machines") or []) or None,
            "adapter_ranks": json.dumps(ranks, separators=(",", ":")) if isinstance(ranks, dict) and ranks else None}
     by_step: dict[int, dict[str, Any]] = {}
     for record in read_metrics(paths.metrics):  # a resumed run logs some steps twice: the later line wins

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
+from dt_eva.utils.checks import check_number
 from dt_eva.utils.precision import PRECISIONS
 
 
@@ -23,10 +24,8 @@ class DataConfig:
     reward_scale: float = 200.0
 
     def __post_init__(self) -> None:
-        if self.rtg_scale <= 0 or self.reward_scale <= 0:
-            raise ValueError(
-                f"data.rtg_scale and data.reward_scale must be positive, got {self.rtg_scale} and {self.reward_scale}"
-            )
+        for key in ("rtg_scale", "reward_scale"):
+            check_number(f"data.{key}", getattr(self, key), low=0, low_open=True)
 
 
 @dataclass
@@ -42,17 +41,17 @@ class OptimConfig:
     grad_clip: float = 0.25  # max global grad norm; 0 disables clipping
 
     def __post_init__(self) -> None:
-        if self.lr <= 0:
-            raise ValueError(f"optim.lr must be positive, got {self.lr}")
-        if not 0 <= self.min_lr <= self.lr:
-            raise ValueError(f"optim.min_lr must be in [0, optim.lr={self.lr}], got {self.min_lr}")
+        check_number("optim.lr", self.lr, low=0, low_open=True)
+        check_number("optim.min_lr", self.min_lr, 0, self.lr, hint=" (at most optim.lr)")
         if self.warmup_steps < 0:
             raise ValueError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
-        if self.grad_clip < 0:
-            raise ValueError(f"optim.grad_clip must be >= 0 (0 = no clipping), got {self.grad_clip}")
-        if self.weight_decay < 0:
-            raise ValueError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
-        self.betas = (float(self.betas[0]), float(self.betas[1]))
+        check_number("optim.grad_clip", self.grad_clip, low=0, hint=" (0 = no clipping)")
+        check_number("optim.weight_decay", self.weight_decay, low=0)
+        check_number("optim.eps", self.eps, low=0, low_open=True)
+        if len(self.betas) != 2:
+            raise ValueError(f"optim.betas must be two numbers [beta1, beta2], got {list(self.betas)!r}")
+        self.betas = tuple(check_number(f"optim.betas[{i}]", b, 0, 1, high_open=True)  # type: ignore[assignment]
+                           for i, b in enumerate(self.betas))
 
 
 

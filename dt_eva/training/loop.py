@@ -32,7 +32,7 @@ from .configs import OptimConfig, TrainConfig
 from .distributed import DistContext, all_gather_objects, all_reduce_mean, any_rank, barrier
 from .metrics import MetricsLogger
 from .optim import build_optimizer, weight_decay_param_groups
-from dt_eva.utils.precision import autocast, precision_name, resolve_precision
+from dt_eva.utils.precision import autocast, cpu_model, precision_name, resolve_precision
 from .schedule import build_scheduler
 
 
@@ -132,6 +132,7 @@ class TrainResult:
     last_eval: dict[str, float] = field(default_factory=dict)
     world_size: int = 1
     precision: str = "fp32"
+    machines: list[str] = field(default_factory=list)  # the CPUs of the sessions that trained it, in order
 
 
 class _LossModule(nn.Module):
@@ -192,6 +193,7 @@ class Trainer:
         tokens_per_sample: int | None = None,
         find_unused_parameters: bool = False,
         tensorboard: bool = True,
+        autocast_dtype: torch.dtype | None | str = "from_config",
     ) -> None:
         self.dist = dist or DistContext()
         self.device = self.dist.device
@@ -206,7 +208,11 @@ class Trainer:
         self.probe_fn = probe_fn
         self.tokens_per_sample = tokens_per_sample
         self.tensorboard = tensorboard
-        self.autocast_dtype = resolve_precision(train.precision, self.device)
+        # The drivers resolve the run's precision once and hand it to the training step and to every
+        # evaluation; a Trainer built on its own resolves `train.precision` itself.
+        self.autocast_dtype = resolve_precision(train.precision, self.device) if autocast_dtype == "from_config" \
+            else autocast_dtype
+        self.machines = [cpu_model()]
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True  # the fp32 parts outside autocast
             torch.backends.cudnn.allow_tf32 = True
@@ -244,6 +250,7 @@ class Trainer:
             "elapsed": self._elapsed(),
             "last_loss": self._last_loss,
             "world_size": self.dist.world_size,
+            "machines": list(self.machines),
         }
         extra = self.trainable.extra_state()
         if extra:
@@ -280,6 +287,9 @@ class Trainer:
         self.step = int(state["step"])
         self._elapsed_before = float(state.get("elapsed", 0.0))
         self._last_loss = float(state.get("last_loss", float("nan")))
+        earlier = [str(m) for m in state.get("machines", [])]
+        here = cpu_model()
+        self.machines = earlier if earlier and earlier[-1] == here else [*earlier, here]
         return self.step
 
     def save_model(self, path: str | Path) -> None:
@@ -329,6 +339,7 @@ class Trainer:
             steps=self.step, start_step=start_step, final_loss=self._last_loss, seconds=self._elapsed(),
             tokens_per_s=session.tokens * self.dist.world_size / max(session.seconds, 1e-9),
             last_eval=self._last_eval, world_size=self.dist.world_size, precision=precision_name(self.autocast_dtype),
+            machines=list(self.machines),
         )
 
     def _after_step(self, window: "_Window", logger: MetricsLogger | None, bar: Any) -> None:

@@ -14,14 +14,19 @@ PRECISIONS = ("auto", "bf16", "fp32")
 NATIVE_BF16_CPU_FEATURES = ("avx512_bf16", "amx_bf16")
 
 
-def resolve_device(spec: str = "auto", local_rank: int | None = None) -> torch.device:
-    """"auto" -> CUDA (this rank's GPU under DDP) when available, else CPU; "cuda" / "cuda:N" / "cpu"."""
+def resolve_device(spec: str = "auto", local_rank: int | None = None, key: str = "train.device=") -> torch.device:
+    """"auto" -> CUDA (this rank's GPU under DDP) when available, else CPU; "cuda" / "cuda:N" / "cpu".
+    A string torch does not know (`banana`) or CUDA where there is none is a `ValueError` naming `key`."""
     if spec == "auto":
         spec = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(spec)
+    try:
+        device = torch.device(spec)
+    except RuntimeError:  # torch.device() rejects the string
+        raise ValueError(f"{key}{spec!r} is not a torch device; use cpu, cuda, cuda:N or auto") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"train.device={spec!r} but CUDA is not available here; use train.device=cpu or auto")
+            raise ValueError(f"{key}{spec!r} but CUDA is not available in this torch ({torch.__version__}); "
+                             f"use {key}cpu or auto")
         if device.index is None:
             device = torch.device("cuda", local_rank or 0)
     return device
@@ -54,6 +59,34 @@ def _host_cpu_flags() -> frozenset[str]:
     except OSError:
         pass
     return frozenset()
+
+
+#: CPU features that set a CPU's arithmetic speed and precision paths (recorded with every measurement).
+RECORDED_CPU_FEATURES = ("avx2", "avx512f", *NATIVE_BF16_CPU_FEATURES)
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """This machine's CPU as recorded in summaries, evaluation records and results.csv, e.g.
+    "AMD EPYC (avx2, avx512f, avx512_bf16)": the model name alone does not tell an AVX2-only EPYC from
+    one with native bf16, and the two give different arithmetic under `precision: auto`."""
+    name = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    if not name:
+        import platform
+
+        name = platform.processor() or platform.machine() or "unknown CPU"
+    flags = _host_cpu_flags()
+    # torch's cpuinfo says avx512_f where /proc/cpuinfo says avx512f
+    features = [f for f in RECORDED_CPU_FEATURES if f in flags or f.replace("avx512f", "avx512_f") in flags]
+    return f"{name} ({', '.join(features)})" if features else name
 
 
 def cpu_has_native_bf16() -> bool:

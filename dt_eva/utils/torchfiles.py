@@ -84,3 +84,16 @@ def load_state_dict_file(path: str | Path, map_location: Any = "cpu") -> dict[st
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"weights file {path} does not hold a state dict of tensors")
     return state
+
+
+def load_safetensors(path: str | Path, what: str = "file") -> dict[str, Any]:
+    """The tensors of a safetensors file; a truncated, garbage or unreadable one is a `ValueError`
+    naming the file (safetensors' own `SafetensorError` names none)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    try:
+        return load_file(str(path))
+    except Exception as e:  # SafetensorError (bad header, truncated data), OSError
+        raise ValueError(f"{what} {path} is corrupt or not a safetensors file ({str(e).splitlines()[0]}); "
+                         "restore it or write it again") from None

@@ -29,20 +29,22 @@ plain local processes pinned to their share of the cores (`--jobs N`), or submit
 
 The package, one job per module: `spec` (the sweep file), `expand` (grid -> runs), `checks` (configs,
 statuses, inputs: every error before anything starts), `worker` (one run in its process, core slots),
-`launchers` (local processes, submitit), `run` (plan_sweep, run_sweep), `estimate` (the dry run's cost
-estimate, time limits). The results table is `dt_eva.runs.results` (torch-free, read by reports).
+`launchers` (local processes, submitit, Slurm), `slurm` (Slurm job states from squeue), `run` (plan_sweep,
+run_sweep), `estimate` (the dry run's cost estimate, time limits). The results table is
+`dt_eva.runs.results` (torch-free, read by reports).
 """
 
 from dt_eva.experiments.sweep.checks import check_inputs, load_configs, plan_statuses
 from dt_eva.experiments.sweep.estimate import format_duration, parse_minutes, step_seconds, steps_left
 from dt_eva.experiments.sweep.expand import SweepRun, expand
-from dt_eva.experiments.sweep.launchers import ProcessLauncher, SubmititLauncher, make_launcher
+from dt_eva.experiments.sweep.launchers import ProcessLauncher, SlurmLauncher, SubmititLauncher, make_launcher
 from dt_eva.experiments.sweep.run import SweepPlan, SweepResult, execute, plan_sweep, run_sweep
 from dt_eva.experiments.sweep.spec import KINDS, LOGS, RESULTS, RUNS, Rule, SweepSpec, load_sweep
 from dt_eva.experiments.sweep.worker import RunJob, core_slots, run_job
 from dt_eva.runs.results import FIELDS, ResultsTable, read_run_results
 
 __all__ = ["FIELDS", "KINDS", "LOGS", "RESULTS", "RUNS", "ProcessLauncher", "ResultsTable", "Rule", "RunJob",
-           "SubmititLauncher", "SweepPlan", "SweepResult", "SweepRun", "SweepSpec", "check_inputs", "core_slots",
-           "execute", "expand", "format_duration", "load_configs", "load_sweep", "make_launcher", "parse_minutes",
-           "plan_statuses", "plan_sweep", "read_run_results", "run_job", "run_sweep", "step_seconds", "steps_left"]
+           "SlurmLauncher", "SubmititLauncher", "SweepPlan", "SweepResult", "SweepRun", "SweepSpec", "check_inputs",
+           "core_slots", "execute", "expand", "format_duration", "load_configs", "load_sweep", "make_launcher",
+           "parse_minutes", "plan_statuses", "plan_sweep", "read_run_results", "run_job", "run_sweep", "step_seconds",
+           "steps_left"]

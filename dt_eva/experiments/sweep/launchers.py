@@ -1,7 +1,8 @@
 """Launchers: start runs, tell when they end, stop them. Local processes or submitit (local / Slurm).
 
 Each has `capacity` (runs at once, None: no limit), `placement(slot)` (cores, threads), `start(jobs)`
--> handles, `poll(handle)` -> (finished, error), `wait(handles, timeout)` and `stop(handles)`.
+-> handles, `state(handle)` (queued / running), `poll(handle)` -> (finished, error), `wait(handles,
+timeout)` and `stop(handles)`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dt_eva.experiments.sweep.slurm import ACTIVE, QUEUED, SlurmQueue
 from dt_eva.experiments.sweep.spec import LOGS
 from dt_eva.experiments.sweep.worker import RunJob, core_slots, run_job
 from dt_eva.utils.safefs import ensure_real_dir, open_append
@@ -52,6 +54,9 @@ class ProcessLauncher:
             send.close()
             handles.append((process, receive))
         return handles
+
+    def state(self, handle: Any) -> str:
+        return "running"
 
     def poll(self, handle: Any) -> tuple[bool, str | None]:
         process, receive = handle
@@ -106,7 +111,8 @@ def _exit_message(code: int | None) -> str:
 
 
 class SubmititLauncher:
-    """Runs as submitit jobs: `cluster="local"` (its LocalExecutor, on this machine) or `"slurm"`."""
+    """Runs as submitit jobs: `cluster="local"` (its LocalExecutor, on this machine) or `"slurm"`
+    (`SlurmLauncher`)."""
 
     def __init__(self, cluster: str, folder: Path, jobs: int, slurm: dict[str, Any]) -> None:
         try:
@@ -119,9 +125,6 @@ class SubmititLauncher:
         self.capacity = jobs if cluster == "local" else None
         self.slots = core_slots(jobs) if cluster == "local" else None
         self.threads = slurm.get("cpus_per_task")
-        if cluster == "slurm" and shutil.which("sbatch") is None:
-            raise ValueError("--launcher slurm: sbatch is not on this machine's PATH; run the sweep on a Slurm "
-                             "login node (or use --launcher processes / local here)")
         self.executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
         minutes = slurm.get("time") or 7 * 24 * 60
         params: dict[str, Any] = {"timeout_min": minutes, "name": "dt-eva-sweep"}
@@ -129,10 +132,12 @@ class SubmititLauncher:
             params.update(slurm_partition=slurm.get("partition"), gpus_per_node=slurm.get("gpus") or 0,
                           cpus_per_task=slurm.get("cpus_per_task"))
             params["slurm_array_parallelism"] = slurm.get("parallel")
+            # A preempted (or node-failed) job goes back to the queue; its next start resumes the run.
+            params["slurm_additional_parameters"] = {"requeue": True}
         self.executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
 
     def placement(self, slot: int) -> tuple[tuple[int, ...] | None, int | None]:
-        if self.slots is None:  # Slurm: the job's cgroup holds its CPUs
+        if self.slots is None:  # Slurm: the job's allocation holds its CPUs
             return None, self.threads
         return self.slots[slot], len(self.slots[slot])
 
@@ -141,23 +146,77 @@ class SubmititLauncher:
             handles = [self.executor.submit(run_job, job) for job in jobs]
         return handles
 
+    def state(self, handle: Any) -> str:
+        """queued or running (of a run that has not ended)."""
+        return "running"
+
     def poll(self, handle: Any) -> tuple[bool, str | None]:
         if not handle.done():
             return False, None
-        error = handle.exception()
-        if error is not None:  # the job itself died (killed, timed out, node failure)
-            lines = [line for line in str(error).splitlines() if line.strip()]
-            return True, f"submitit job {handle.job_id} failed: {lines[-1] if lines else type(error).__name__}"
-        return True, handle.result()
+        return True, _job_outcome(handle)
 
     def wait(self, handles: list[Any], timeout: float) -> None:
-        time.sleep(min(timeout, 1.0 if self.cluster == "local" else 10.0))
+        time.sleep(min(timeout, 1.0))
 
     def stop(self, handles: list[Any]) -> None:
-        if self.cluster == "local":
-            for job in handles:
-                job.cancel(check=False)
-        # Slurm jobs keep running on the cluster; a later `dt-eva sweep` finds their results
+        for job in handles:
+            job.cancel(check=False)
+
+
+def _job_outcome(handle: Any) -> str | None:
+    """The run's error (None: it finished) from a job whose result file is written."""
+    error = handle.exception()
+    if error is not None:  # the job itself died (killed, timed out, node failure)
+        lines = [line for line in str(error).splitlines() if line.strip()]
+        return f"submitit job {handle.job_id} failed: {lines[-1] if lines else type(error).__name__}"
+    return handle.result()
+
+
+class SlurmLauncher(SubmititLauncher):
+    """submitit on Slurm, with job states from `squeue` (`SlurmQueue`) rather than submitit's `sacct`,
+    which clusters without accounting do not have (it would warn at every poll and never see a job end)."""
+
+    def __init__(self, folder: Path, jobs: int, slurm: dict[str, Any]) -> None:
+        if shutil.which("sbatch") is None:
+            raise ValueError("--launcher slurm: sbatch is not on this machine's PATH; run the sweep on a Slurm "
+                             "login node (or use --launcher processes / local here)")
+        super().__init__("slurm", folder, jobs, slurm)
+        self.threads = self.threads or 1  # a job gets one CPU unless --cpus-per-task says more
+        self.queue = SlurmQueue()
+
+    def start(self, jobs: list[RunJob]) -> list[Any]:
+        handles = super().start(jobs)
+        self.queue.submitted([h.job_id for h in handles])
+        return handles
+
+    def state(self, handle: Any) -> str:
+        return "queued" if self.queue.state(handle.job_id) in QUEUED else "running"
+
+    def poll(self, handle: Any) -> tuple[bool, str | None]:
+        state = self.queue.state(handle.job_id)
+        if state in ACTIVE:  # a requeued job may have a stale result file: wait for it
+            return False, None
+        if not handle.paths.result_pickle.exists():
+            return True, f"Slurm job {handle.job_id} ended ({state}) without a result; " \
+                         f"its log: {handle.paths.stderr}{_last_line(handle.paths.stderr)}"
+        error = _job_outcome(handle)
+        if error is not None and state != "COMPLETED":
+            error = f"{error} (Slurm job {handle.job_id}: {state})"
+        return True, error
+
+    def wait(self, handles: list[Any], timeout: float) -> None:
+        self.queue.refresh(timeout)
+
+    def stop(self, handles: list[Any]) -> None:
+        pass  # Slurm jobs keep running on the cluster; a later `dt-eva sweep` finds their results
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return f": {lines[-1]}" if lines else ""
 
 
 def make_launcher(name: str, out: Path, jobs: int, slurm: dict[str, Any]) -> Any:
@@ -168,5 +227,7 @@ def make_launcher(name: str, out: Path, jobs: int, slurm: dict[str, Any]) -> Any
         if name == "slurm" and not slurm.get("time"):
             raise ValueError("--launcher slurm needs --time (the wall-clock limit of one run, e.g. --time 24:00:00): "
                              "submitit's default is 5 minutes")
+        if name == "slurm":
+            return SlurmLauncher(out / "submitit", jobs, slurm)
         return SubmititLauncher(name, out / "submitit", jobs, slurm)
     raise ValueError(f"unknown launcher {name!r}; use processes, local or slurm")

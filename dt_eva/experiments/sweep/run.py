@@ -81,6 +81,8 @@ def execute(runs: list[SweepRun], spec: SweepSpec, launcher: Any, table: Results
     from tqdm.auto import tqdm
 
     queue, running = list(runs), {}  # running: slot -> (run, handle)
+    ended: dict[str, int] = {"done": 0, "failed": 0}
+    shown: tuple = ()
     capacity = launcher.capacity or len(runs)
     bar = tqdm(total=len(runs), desc=f"sweep {spec.path.stem}", unit="run", disable=not progress, dynamic_ncols=True)
     with _sigterm_as_interrupt():
@@ -96,13 +98,24 @@ def execute(runs: list[SweepRun], spec: SweepSpec, launcher: Any, table: Results
                     if finished:
                         del running[slot]
                         table.record(run, error)
+                        ended["failed" if error else "done"] += 1
                         bar.update(1)
-                        bar.set_postfix(failed=len(table.failed()), refresh=True)
+                shown = _show_progress(bar, launcher, [h for _, h in running.values()], ended, shown)
         except BaseException:
             launcher.stop([h for _, h in running.values()])
             raise
         finally:
             bar.close()
+
+
+def _show_progress(bar: Any, launcher: Any, handles: list[Any], ended: dict[str, int], shown: tuple) -> tuple:
+    """The bar's `queued=.. running=.. done=.. failed=..` (on Slurm a run may wait in the queue), redrawn
+    when it changes; returns what it shows."""
+    states = [launcher.state(h) for h in handles]
+    counts = {"queued": states.count("queued"), "running": states.count("running"), **ended}
+    if tuple(counts.values()) != shown:
+        bar.set_postfix(counts, refresh=True)
+    return tuple(counts.values())
 
 
 @contextlib.contextmanager

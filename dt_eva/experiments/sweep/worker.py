@@ -43,11 +43,16 @@ def run_job(job: RunJob) -> str | None:
               flush=True)
         config_ref, driver_ref = KINDS[job.kind]
         cfg = load_config(load_ref(config_ref), job.base, job.overrides)
-        load_ref(driver_ref)(cfg, resume=job.resume)
+        load_ref(driver_ref)(cfg, resume=job.resume or _requeued())
         return None
     except BaseException as e:  # the sweep records it and goes on (Ctrl-C / SIGTERM: TrainingInterrupted)
         traceback.print_exc()
         return " ".join(f"{type(e).__name__}: {e}".split())
+
+
+def _requeued() -> bool:
+    """A Slurm job started again (preempted, `scontrol requeue`, node failure) continues its run."""
+    return int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
 
 
 def core_slots(jobs: int, cores: Iterable[int] | None = None) -> list[tuple[int, ...]]:
