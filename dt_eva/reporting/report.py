@@ -193,8 +193,9 @@ def check_out_dir(out: Path) -> None:
         foreign = _foreign_files(out) if any(out.iterdir()) else []
         if foreign:
             listing = ", ".join(str(f) for f in foreign[:3]) + (" ..." if len(foreign) > 3 else "")
-            raise ValueError(f"{out} holds files a dt-eva report did not write ({listing}); the report replaces "
-                             "its folder as a whole, so choose a new or empty --out (or move those files away)")
+            raise ValueError(f"{out} holds files that are not a dt-eva report's, which it did not write ({listing}); "
+                             "the report replaces its folder as a whole, so choose a new or empty --out (or move "
+                             "those files away)")
 
 
 def write_manifest(folder: Path, files: list[Path]) -> None:

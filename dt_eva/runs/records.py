@@ -109,9 +109,9 @@ def find_run_dirs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> lis
     roots (sorted, no duplicates).
 
     A root is searched recursively; the search does not descend into a run directory nor into
-    hidden directories (atomic-write temporaries start with a dot). A symbolic link below a root to a run
-    directory is that run (reports only read it); links to other folders are not followed (no cycles).
-    A missing path is an error.
+    hidden directories (atomic-write temporaries start with a dot). Symbolic links below a root are
+    followed (reports only read what they find), each real folder once, so a link cycle ends; a run
+    reached by two paths is found once, at its real path. A missing path is an error.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -122,16 +122,18 @@ def find_run_dirs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> lis
         if is_run_dir(p):
             found[p.resolve()] = None
             continue
-        for root, dirs, _files in os.walk(p):
+        seen: set[str] = set()
+        for root, dirs, _files in os.walk(p, followlinks=True):
             root_path = Path(root)
+            if os.path.realpath(root) in seen:  # reached again through a link: a cycle, or a second path
+                dirs[:] = []
+                continue
+            seen.add(os.path.realpath(root))
             if is_run_dir(root_path):
                 found[root_path.resolve()] = None
                 dirs[:] = []
                 continue
             dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in _NOT_RUN_CHILDREN)
-            # os.walk does not enter linked folders (no cycles); a link to a run is that run
-            found.update({(root_path / d).resolve(): None for d in dirs
-                          if (root_path / d).is_symlink() and is_run_dir(root_path / d)})
     return sorted(found)
 
 
