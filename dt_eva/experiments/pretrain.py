@@ -72,15 +72,18 @@ def load_pretrain_dataset(cfg: PretrainConfig) -> Any:
 def eval_targets(cfg: PretrainConfig, dataset: Any) -> dict[str, float]:
     """Target returns of `train.eval_tasks` (when the run evaluates), which must be tasks of the training data.
 
-    The tasks are checked even when `train.eval_every=0`: a typo should not wait for the run that evaluates."""
+    The names are checked even when `train.eval_every=0` (a typo should not wait for the run that
+    evaluates); that they are in the dataset only when the run evaluates (the default list is CW10's)."""
     tasks = resolve_tasks(cfg.train.eval_tasks) if cfg.train.eval_tasks else []
+    if cfg.train.eval_every <= 0:
+        return {}
     missing = [t for t in tasks if t not in dataset.tasks]
     if missing:
         raise ValueError(
             f"train.eval_tasks {missing} are not in dataset {cfg.data.path}, so there is no target return "
             f"for them; evaluate on tasks the model was trained on ({', '.join(dataset.tasks)})"
         )
-    return target_returns(dataset, tasks) if cfg.train.eval_every > 0 else {}
+    return target_returns(dataset, tasks)
 
 
 def prepare_pretrain(cfg: PretrainConfig, resume: bool = False, force: bool = False,
