@@ -246,7 +246,9 @@ def test_out_folder_with_other_files_is_refused_untouched(runs_root: Path, tmp_p
 def test_an_older_report_is_replaced_as_a_whole(runs_root: Path, tmp_path: Path):
     out = tmp_path / "out"
     build_report(runs_root, out, plots=False)
-    (out / "table7_stale.csv").write_text("from an older report\n")
+    (out / "table7_stale.csv").write_text("from an older report\n")  # a table the older report wrote (its manifest)
+    manifest = json.loads((out / ".dt-eva-report.json").read_text())
+    (out / ".dt-eva-report.json").write_text(json.dumps({**manifest, "files": manifest["files"] + ["table7_stale.csv"]}))
     build_report(runs_root, out, plots=False)
     assert not (out / "table7_stale.csv").exists() and (out / "table6_success_any.csv").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no temporaries left

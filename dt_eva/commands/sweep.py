@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
         return print_plan(sweep.plan_sweep(args.sweep, args.out))
     slurm = {"partition": args.partition, "time": sweep.parse_minutes(args.time), "gpus": args.gpus,
              "cpus_per_task": args.cpus_per_task, "parallel": args.jobs}
-    result = sweep.run_sweep(args.sweep, jobs=args.jobs or 1, launcher=args.launcher, out=args.out,
+    jobs = 1 if args.jobs is None else args.jobs  # --jobs 0 is an error, not one job
+    result = sweep.run_sweep(args.sweep, jobs=jobs, launcher=args.launcher, out=args.out,
                              progress=not args.no_progress, slurm=slurm)
     done = result.ran - len(result.failed)
     print(f"\nsweep: {result.runs} run(s): {result.runs - result.ran} already finished, {done} ran now, "

@@ -11,6 +11,7 @@ import concurrent.futures as futures
 import datetime as _dt
 import multiprocessing as mp
 import queue as _queue
+import re
 import shutil
 import time
 from pathlib import Path
@@ -270,7 +271,7 @@ def collect_dataset(
             )
         recorded = list(old.get("tasks", []))
     out.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(out)
+    _remove_stale_temporaries(out, sorted(set(task_list) | set(recorded)))
 
     infos: dict[str, dict] = {}
     todo: list[str] = []
@@ -370,10 +371,15 @@ def _existing_task(task_dir: Path, params: dict) -> dict | None:
     return info
 
 
-def _remove_stale_temporaries(out: Path) -> None:
-    # left behind only by a SIGKILLed writer; one collect per directory at a time
+def _remove_stale_temporaries(out: Path, tasks: list[str]) -> None:
+    """Remove what a SIGKILLed collection of these tasks left (one collect per directory at a time): only
+    the exact names its atomic writers make, `.<task>.<token>.tmpdir`, `.<task>.old` and
+    `.metadata.json.<token>.tmp`; a user's `.bashrc.old` or `.cache.tmpdir` is not one of them."""
+    names = "|".join(re.escape(t) for t in tasks)
+    ours = re.compile(rf"\.(?:(?:{names})\.[A-Za-z0-9_]+\.tmpdir|(?:{names})\.old|"
+                      rf"{re.escape(METADATA_FILE)}\.[A-Za-z0-9_]+\.tmp)")
     for p in out.iterdir():
-        if not (p.name.startswith(".") and p.name.endswith((".tmpdir", ".old", ".tmp"))):
+        if not ours.fullmatch(p.name) or p.is_symlink():
             continue
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)

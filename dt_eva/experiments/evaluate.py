@@ -22,6 +22,7 @@ from dt_eva.runs.layout import RunPaths
 from dt_eva.runs.policy import load_run_model
 from dt_eva.utils.io import atomic_write_json, check_writable_dir, load_json_object
 from dt_eva.utils.precision import PRECISIONS, resolve_precision
+from dt_eva.utils.safefs import refuse_link
 
 
 class EvaluationNotSaved(OSError):
@@ -153,6 +154,7 @@ def _check_writable(run_dir: Path) -> None:
     """Before any rollout: the result must be writable where it goes."""
     paths = RunPaths(run_dir)
     check_writable_dir(run_dir)
+    refuse_link(paths.evals, "evaluation records")  # evals/ -> elsewhere would put them outside the run
     if paths.evals.exists():
         check_writable_dir(paths.evals)
 

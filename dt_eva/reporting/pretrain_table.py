@@ -7,7 +7,7 @@ import io
 import math
 from dataclasses import dataclass, field
 
-from dt_eva.reporting.tables import episodes_footnote, order_tasks, short_task_name
+from dt_eva.reporting.tables import episodes_footnote, markdown_text, order_tasks, short_task_name
 from dt_eva.runs.records import RunRecord
 
 
@@ -29,7 +29,7 @@ class PretrainTable:
         return math.fsum(vals) / len(vals) if vals else None
 
     def to_markdown(self) -> str:
-        header = ["Task"] + [f"{r.name} {m}" for r in self.runs for m in ("any", "final")]
+        header = ["Task"] + [f"{markdown_text(r.name)} {m}" for r in self.runs for m in ("any", "final")]
         lines = [f"### {self.title}", "", "| " + " | ".join(header) + " |",
                  "|---|" + "|".join([":-:"] * (len(header) - 1)) + "|"]
         for t in self.tasks + ["Avg."]:
@@ -41,7 +41,7 @@ class PretrainTable:
             lines.append("| " + " | ".join(cells) + " |")
         if self.footnotes:
             lines.append("")
-            lines.extend(f"{note}  " for note in self.footnotes)
+            lines.extend(f"{markdown_text(note)}  " for note in self.footnotes)
         return "\n".join(lines).rstrip() + "\n"
 
     def to_csv(self) -> str:

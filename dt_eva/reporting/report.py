@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -18,12 +19,13 @@ from dt_eva.reporting.tables import (
     build_table6,
     build_table19,
     collect_config_results,
+    markdown_text,
     order_tasks,
     short_task_name,
 )
 from dt_eva.runs.layout import SUMMARY
 from dt_eva.runs.records import RunRecord, find_run_dirs, full_task_name, load_run
-from dt_eva.utils.io import atomic_dir, atomic_write_text, check_writable_dir, read_json
+from dt_eva.utils.io import atomic_dir, atomic_write_json, atomic_write_text, check_writable_dir, read_json
 
 PathLike = str | os.PathLike
 
@@ -96,6 +98,26 @@ def _pretrained_baselines(usable: list[RunRecord], metric: str) -> list[tuple[st
     return rows
 
 
+def display_names(runs: list[RunRecord], warnings: list[str] | None = None) -> dict[Path, str]:
+    """Each run's name in figures and file names; runs that share a name (from different folders under one
+    root) are told apart by the folders above them, with a warning, so that none replaces another."""
+    names = {r.path: r.name for r in runs}
+    for name in sorted({n for n in names.values() if list(names.values()).count(n) > 1}):
+        same = [r.path for r in runs if r.name == name]
+        depth = 1
+        while depth < 64 and len({_tail(p, depth) for p in same}) < len(same):
+            depth += 1
+        names.update({p: _tail(p, depth) for p in same})
+        if warnings is not None:
+            warnings.append(f"{len(same)} runs are named {name} ({', '.join(map(str, same))}); the figures name "
+                            "them by their folders")
+    return names
+
+
+def _tail(path: Path, depth: int) -> str:
+    return "/".join(path.parts[-depth - 1:])
+
+
 def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", name).strip("._") or "run"
 
@@ -122,7 +144,8 @@ def _plot_curves(usable: list[RunRecord], all_runs: list[RunRecord], best: dict[
                                               problems=problems))
     pretrains = [r for r in all_runs if r.kind == "pretrain" and r.metrics_path is not None]
     if pretrains:
-        files.append(plot_learning_curves({r.name: [r] for r in pretrains}, out / "curves" / "pretrain.png",
+        names = display_names(pretrains)
+        files.append(plot_learning_curves({names[r.path]: [r] for r in pretrains}, out / "curves" / "pretrain.png",
                                           "Pre-training", problems=problems))
     return files
 
@@ -131,6 +154,7 @@ def _plot_heatmaps(runs: list[RunRecord], out: Path, problems: list[str]) -> lis
     from dt_eva.reporting.rank_heatmap import plot_rank_heatmap
 
     files = []
+    names = display_names(runs)
     for run in runs:
         if run.eva_result_path is None:
             continue
@@ -143,44 +167,67 @@ def _plot_heatmaps(runs: list[RunRecord], out: Path, problems: list[str]) -> lis
             continue
         title = (f"{method_label(run.method or '?')} r={run.rank} rho={run.rho if run.rho is not None else '-'} "
                  f"on {run.task}, seed {run.seed}: total rank {sum(ranks.values())}")
-        files.append(plot_rank_heatmap(ranks, out / "heatmaps" / f"{_safe_name(run.name)}.png", title=title))
+        files.append(plot_rank_heatmap(ranks, out / "heatmaps" / f"{_safe_name(names[run.path])}.png", title=title))
     return files
 
 
 _REPORT_TITLE = "# dt-eva report"
+# The files a report wrote, listed in the report folder: only these are ever replaced by the next report.
+MANIFEST = ".dt-eva-report.json"
+# What reports of dt-eva before the manifest wrote at the top of their folder (tables, report.md)
+_LEGACY_NAMES = re.compile(r"(report|table6_\w+|table19_\w+|pretrain_success|configs_\w+|comparisons\w*|curves|"
+                           r"grad_norm|eva_ranks|eva_init_time|quality|tests|per_task|power|rliable)\.(md|csv)")
+_FIGURE_DIRS = ("curves", "heatmaps", "profiles")  # the report's folders of figures (*.png)
 
 
 def check_out_dir(out: Path) -> None:
     """Before any work: `out` can be written and replaced as a whole (it is new, empty or an older report).
 
-    The report folder is replaced atomically, so a folder holding anything else is refused rather
-    than deleted.
+    The report folder is replaced atomically, so a folder holding anything the report did not write
+    (by its manifest; for a report older than the manifest, by the names reports write) is refused,
+    naming those files, rather than deleted.
     """
     check_writable_dir(out)
     if out.exists():
         check_writable_dir(out.parent)  # the old report is renamed away there
-        if any(out.iterdir()) and not _is_old_report(out):
-            raise ValueError(f"{out} holds files that are not a dt-eva report; the report replaces its folder "
-                             "as a whole, so choose a new or empty --out")
+        foreign = _foreign_files(out) if any(out.iterdir()) else []
+        if foreign:
+            listing = ", ".join(str(f) for f in foreign[:3]) + (" ..." if len(foreign) > 3 else "")
+            raise ValueError(f"{out} holds files that are not a dt-eva report's, which it did not write ({listing}); "
+                             "the report replaces its folder as a whole, so choose a new or empty --out (or move "
+                             "those files away)")
 
 
-def _is_old_report(out: Path) -> bool:
-    report = out / "report.md"
+def write_manifest(folder: Path, files: list[Path]) -> None:
+    """List what the report wrote (paths relative to `folder`) in its manifest."""
+    names = sorted(f.relative_to(folder).as_posix() for f in files)
+    atomic_write_json(folder / MANIFEST, {"package": "dt-eva", "kind": "report", "files": names})
+
+
+def _foreign_files(out: Path) -> list[Path]:
+    """The entries of an existing report folder that no report wrote (all of them if it is no report)."""
+    entries = sorted(out.rglob("*"))
     try:
-        if not report.read_text(encoding="utf-8").startswith(_REPORT_TITLE):
-            return False
+        if not (out / "report.md").read_text(encoding="utf-8").startswith(_REPORT_TITLE):
+            return entries or [out]
+        manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8")) if (out / MANIFEST).is_file() else None
     except (OSError, ValueError):
-        return False
-    for f in out.rglob("*"):
+        return entries or [out]
+    listed = set(manifest.get("files") or []) if isinstance(manifest, dict) else None
+    foreign = []
+    for f in entries:
         rel = f.relative_to(out)
-        if f.is_dir():
-            ok = len(rel.parts) == 1 and rel.name in ("curves", "heatmaps")
-        else:
-            ok = (len(rel.parts) == 1 and f.suffix in (".md", ".csv")) or (
-                len(rel.parts) == 2 and rel.parts[0] in ("curves", "heatmaps") and f.suffix == ".png")
+        if f.is_dir() and not f.is_symlink():
+            ok = len(rel.parts) == 1 and rel.name in _FIGURE_DIRS
+        elif listed is not None:
+            ok = f.is_file() and not f.is_symlink() and (rel.as_posix() in listed or rel.as_posix() == MANIFEST)
+        else:  # a report from before the manifest: the names it writes
+            ok = f.is_file() and not f.is_symlink() and (
+                (len(rel.parts) == 1 and bool(_LEGACY_NAMES.fullmatch(rel.name))) or (
+                    len(rel.parts) == 2 and rel.parts[0] in _FIGURE_DIRS and f.suffix == ".png"))
         if not ok:
-            return False
-    return True
+            foreign.append(f)
+    return foreign
 
 
 def _build_tables(usable: list[RunRecord], warnings: list[str]) -> tuple[dict[str, Any], dict[str, ConfigResult]]:
@@ -202,9 +249,10 @@ def _report_markdown(header: str, tables: list[str], skipped: list[dict[str, str
                      images: list[Path]) -> str:
     parts = [_REPORT_TITLE, "", header, ""] + tables
     if skipped:
-        parts += ["### Skipped runs", ""] + [f"- `{s['run']}`: {s['reason']}" for s in skipped] + [""]
+        parts += ["### Skipped runs", ""] + [f"- {markdown_text(s['run'])}: {markdown_text(s['reason'])}"
+                                             for s in skipped] + [""]
     if warnings:
-        parts += ["### Warnings", ""] + [f"- {w}" for w in warnings] + [""]
+        parts += ["### Warnings", ""] + [f"- {markdown_text(w)}" for w in warnings] + [""]
     if images:
         parts += ["### Figures", ""] + [f"![{f.stem}]({f.as_posix()})" for f in images] + [""]
     return "\n".join(parts)
@@ -239,6 +287,7 @@ def build_report(run_dirs_or_root: PathLike | Iterable[PathLike], out_dir: PathL
         )
     runs = [load_run(d) for d in run_dirs]
     usable, skipped, warnings = _triage(runs)
+    display_names(runs, warnings)  # the warning when runs share a name
     if not usable:
         listing = "\n".join(f"  - {s['run']}: {s['reason']}" for s in skipped)
         raise ValueError(f"no evaluated run to report on in {where}:\n{listing}")
@@ -263,6 +312,7 @@ def build_report(run_dirs_or_root: PathLike | Iterable[PathLike], out_dir: PathL
                                        list(markdown.values()), skipped, warnings,
                                        [f.relative_to(tmp) for f in files if f.suffix == ".png"])
         atomic_write_text(tmp / "report.md", report_text)
+        write_manifest(tmp, [tmp / "report.md", *files])
         files = [out / f.relative_to(tmp) for f in [tmp / "report.md", *files]]
     return {
         "out_dir": str(out),

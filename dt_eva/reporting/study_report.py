@@ -19,7 +19,7 @@ from dt_eva.reporting.paired import (
     PairedDifference,
     paired_difference,
 )
-from dt_eva.reporting.report import _REPORT_TITLE, check_out_dir
+from dt_eva.reporting.report import _REPORT_TITLE, check_out_dir, write_manifest
 from dt_eva.reporting.study_curves import curve_keys, curve_stats, curves_csv, plot_curves
 from dt_eva.reporting.study_dynamics import (
     along_budget,
@@ -331,6 +331,7 @@ def build_study_report(results: PathLike | list[PathLike], out_dir: PathLike, pl
             parts += ["### Figures", ""] + [f"![{f.stem}]({f.relative_to(tmp).as_posix()})" for f in images] + [""]
         markdown = "\n".join(parts)
         atomic_write_text(tmp / "report.md", markdown)
+        write_manifest(tmp, [tmp / "report.md"] + [tmp / n for n in files] + list(images))
         written = [out / "report.md"] + [out / n for n in files] + [out / f.relative_to(tmp) for f in images]
     return {"out_dir": str(out), "markdown": markdown, "header": _header(data), "sections": sections,
             "files": [str(f) for f in written],

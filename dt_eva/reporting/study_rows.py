@@ -8,8 +8,6 @@ their error, as excluded.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -18,8 +16,7 @@ from pathlib import Path
 from dt_eva.methods.registry import METHODS, normalize_method_name
 from dt_eva.reporting.tables import ConfigKey
 from dt_eva.runs.records import full_task_name
-from dt_eva.runs.results import FIELDS
-from dt_eva.utils.io import read_text
+from dt_eva.runs.results import FIELDS, read_csv, row_problem
 
 METRIC_COLUMNS = ("success_any", "success_final", "heldout_loss", "final_loss")
 CURVE_METRICS = ("success_any", "success_final", "heldout_loss", "grad_norm")  # the `<metric>@<step>` columns
@@ -70,8 +67,7 @@ def _read_table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; pass a sweep's folder or its results.csv "
                                 "(written by `dt-eva sweep`)")
-    reader = csv.DictReader(io.StringIO(read_text(path, "results file"), newline=""))
-    header, records = list(reader.fieldnames or []), list(reader)
+    header, records = read_csv(path)
     missing = [c for c in REQUIRED if c not in header]
     if missing:
         kind = " (this looks like a pre-training sweep)" if "task" not in header and "seed" in header else ""
@@ -95,7 +91,11 @@ def read_study(path: str | Path | list[Path]) -> StudyData:
             if record["status"] != "done":
                 data.excluded.append((record["name"], record["status"], record.get("error") or ""))
                 continue
-            row = _parse_row(record, extras, f"{p}, line {i} ({record['name']})")
+            where = f"{p}, line {i} ({record['name']})"
+            problem = row_problem(record)  # e.g. a success of 7.5 or a seed of 1.5
+            if problem:
+                raise ValueError(f"{where}: {problem}; fix or delete that row")
+            row = _parse_row(record, extras, where)
             slot = (row.key, row.task, row.seed)
             if slot in seen:
                 data.warnings.append(f"runs {seen[slot]} and {row.name} have the same configuration, task and "

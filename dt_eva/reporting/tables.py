@@ -7,6 +7,7 @@ the per-task means, with a standard error over the per-seed task averages.
 from __future__ import annotations
 
 import csv
+import html
 import io
 import math
 from collections import defaultdict
@@ -22,6 +23,12 @@ METRICS: dict[str, str] = {"success_any": "success at any step", "success_final"
 # every metric a table can hold (a sweep's results.csv also has the held-out action MSE)
 METRIC_LABELS: dict[str, str] = {**METRICS, "heldout_loss": "held-out action MSE",
                                   "grad_norm": "gradient norm (before clipping)"}
+
+
+def markdown_text(text: object) -> str:
+    """Text from run folders (method names, paths, errors) as Markdown that shows it as written: HTML is
+    escaped (a report must not carry markup from a crafted run) and `|` cannot split a table cell."""
+    return html.escape(str(text), quote=False).replace("|", "\\|")
 
 
 def short_task_name(task: str) -> str:
@@ -133,7 +140,7 @@ class Table:
         lines = [f"### {self.title}", "", "| " + " | ".join(header) + " |",
                  "|" + "|".join(["---"] * 4 + [":-:"] * (len(header) - 4)) + "|"]
         for row in self.rows:
-            cells = [row.label, row.config, row.seeds(), row.episodes()]
+            cells = [markdown_text(row.label), markdown_text(row.config), row.seeds(), row.episodes()]
             for t in self.tasks:
                 c = row.result.cell(t)
                 cells.append(c.format(self.digits) if c else "-")
@@ -145,7 +152,7 @@ class Table:
             lines.append("| " + " | ".join(cells) + " |")
         if self.footnotes:
             lines.append("")
-            lines.extend(f"{note}  " for note in self.footnotes)
+            lines.extend(f"{markdown_text(note)}  " for note in self.footnotes)
         return "\n".join(lines).rstrip() + "\n"
 
     def to_csv(self) -> str:

@@ -24,6 +24,7 @@ from typing import Any
 
 from dt_eva.runs.layout import RunPaths
 from dt_eva.utils.io import atomic_write_json, load_json_object
+from dt_eva.utils.safefs import ensure_real_dir
 
 RECORD_FORMAT = 1
 
@@ -62,6 +63,7 @@ def write_eval_record(run_dir: str | Path, result: dict[str, Any], model: dict[s
     `evals/` first, so no evaluation is lost when `eval.json` changes. Returns the record's path.
     """
     paths = RunPaths(run_dir)
+    ensure_real_dir(paths.evals, "evaluation records")  # never through a link to another folder
     _adopt_eval_json(paths)
     record = new_eval_record(result, model)
     path = paths.evals / f"{record['key']}.json"

@@ -22,6 +22,7 @@ from typing import Any
 from dt_eva.runs.layout import PACKAGE_ENTRIES, RunPaths
 from dt_eva.runs.lock import RunLock
 from dt_eva.runs.marker import is_marked, read_meta, write_meta
+from dt_eva.utils.safefs import refuse_link
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=@-]{0,199}$")
 
@@ -83,6 +84,7 @@ def plan_run_dir(path: str | Path, kind: str, resume: bool = False, force: bool 
         )
     if force:
         return "restart"
+    refuse_package_links(paths)
     if resume:
         return "resume" if paths.last_checkpoint.is_file() else "restart"
     raise ValueError(
@@ -126,6 +128,7 @@ def open_run_dir(path: str | Path, kind: str, resume: bool = False, force: bool 
         plan = plan_run_dir(path, kind, resume, force)  # again: another process may have been faster
         if plan == "restart":
             clear_run_dir(paths)
+        refuse_package_links(paths)
         write_meta(paths.root, kind, meta)
     except BaseException:
         if run_lock is not None:
@@ -142,6 +145,13 @@ def clear_run_dir(paths: RunPaths) -> None:
             shutil.rmtree(target)
         elif target.exists() or target.is_symlink():
             target.unlink()
+
+
+def refuse_package_links(paths: RunPaths) -> None:
+    """The run writes its own entries (metrics.jsonl, evals/, checkpoints/, ...) in place: a symbolic link
+    among them (dangling or not) would send those writes outside the run, so it is refused, naming it."""
+    for name in PACKAGE_ENTRIES:
+        refuse_link(paths / name, f"run's {name}")
 
 
 def check_resume_compatible(saved: Any, cfg: Any, run_dir: str | Path) -> None:

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from dt_eva.runs.layout import LOCK
+from dt_eva.utils.safefs import naming_disk_errors, open_regular
 
 
 class RunLockedError(ValueError):
@@ -23,27 +24,34 @@ class RunLockedError(ValueError):
 
 
 class RunLock:
-    """`with RunLock(run_dir):` holds the lock of `run_dir` (which must exist)."""
+    """`with RunLock(run_dir):` holds the lock of `run_dir` (which must exist). `what` names the folder
+    in the message of a refused process."""
 
-    def __init__(self, run_dir: str | Path) -> None:
+    def __init__(self, run_dir: str | Path, what: str = "run directory", hint: str = "choose another name= / run_dir=") -> None:
         self.path = Path(run_dir) / LOCK
+        self.what, self.hint = what, hint
         self._fd: int | None = None
 
     def acquire(self) -> "RunLock":
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_regular(self.path, os.O_RDWR | os.O_CREAT, "lock file")  # never a link's target, never a FIFO
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _read_holder(fd)
             os.close(fd)
             raise RunLockedError(
-                f"run directory {self.path.parent} is in use by another dt-eva process ({holder}); wait for it to "
-                "finish or stop it, or choose another name= / run_dir="
+                f"{self.what} {self.path.parent} is in use by another dt-eva process ({holder}); wait for it to "
+                f"finish or stop it, or {self.hint}"
             ) from None
-        os.ftruncate(fd, 0)
         now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": sys.argv, "since": now}
-        os.pwrite(fd, (json.dumps(holder) + "\n").encode("utf-8"), 0)
+        try:
+            with naming_disk_errors(self.path):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, (json.dumps(holder) + "\n").encode("utf-8"), 0)
+        except BaseException:
+            os.close(fd)
+            raise
         self._fd = fd
         return self
 

@@ -109,7 +109,9 @@ def find_run_dirs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> lis
     roots (sorted, no duplicates).
 
     A root is searched recursively; the search does not descend into a run directory nor into
-    hidden directories (atomic-write temporaries start with a dot). A missing path is an error.
+    hidden directories (atomic-write temporaries start with a dot). Symbolic links below a root are
+    followed (reports only read what they find), each real folder once, so a link cycle ends; a run
+    reached by two paths is found once, at its real path. A missing path is an error.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -120,8 +122,13 @@ def find_run_dirs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> lis
         if is_run_dir(p):
             found[p.resolve()] = None
             continue
-        for root, dirs, _files in os.walk(p):
+        seen: set[str] = set()
+        for root, dirs, _files in os.walk(p, followlinks=True):
             root_path = Path(root)
+            if os.path.realpath(root) in seen:  # reached again through a link: a cycle, or a second path
+                dirs[:] = []
+                continue
+            seen.add(os.path.realpath(root))
             if is_run_dir(root_path):
                 found[root_path.resolve()] = None
                 dirs[:] = []

@@ -10,11 +10,16 @@ eval_seconds (the evaluations' and probes' share of seconds), precision (the tra
 `train.precision` resolved to on the machine that ran it, fp32 or bf16), eval_precision (the final
 evaluation's), cpu (the CPUs that trained it, `dt_eva.utils.precision.cpu_model`, " | "-separated when a
 resumed run crossed machines), error, config_hash
-(`dt_eva.runs.guard.config_hash` of the run's config), run_dir.
+(`dt_eva.runs.guard.config_hash` of the run's config), measured_with (JSON: the `MEASURE_KEYS` settings,
+which the hash leaves out but which decide what the row measured), run_dir.
 
 `results.csv` is what a study commits (its run directories are not): a run whose directory is gone but
-whose row is `done` with the same `config_hash` counts as finished (`committed_results`), so a sweep
-continues in a fresh clone where it stopped.
+whose row is `done` with the same `config_hash` and the same `measured_with` counts as finished
+(`committed_results`), so a sweep continues in a fresh clone where it stopped. (Rows written before the
+column existed are compared on their `episodes`.) Rows of runs the sweep file no longer has are kept.
+A damaged table (a field too long for a CSV reader, no `name` column, a `done` row whose success is
+outside [0, 1], whose seed is not an integer or whose measured values are not numbers) is a `ValueError`
+that names the file and line.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,7 +46,11 @@ FIELDS = {
 }
 MEASURED = ("final_loss", "heldout_loss", "success_any", "success_final", "episodes")
 TAIL = ("total_rank", "adapter_ranks", "eva_init_seconds", "seconds", "eval_seconds", "precision",
-        "eval_precision", "cpu", "error", "config_hash", "run_dir")
+        "eval_precision", "cpu", "error", "config_hash", "measured_with", "run_dir")
+# Settings outside `config_hash` (a resumed run may change them) that decide what a row measured: its
+# evaluations (episodes, tasks, steps), probes and logged steps. A row counts as done only for the same ones.
+MEASURE_KEYS = ("train.eval_every", "train.eval_episodes", "train.eval_tasks", "train.probe_every", "train.log_every")
+FIELD_LIMIT = 1 << 24  # characters in one CSV field (the csv module's default, 131,072, is too small for some)
 # metrics.jsonl key -> results.csv column prefix: one `<prefix>@<step>` column per step that logged it
 CURVES = (("eval/success_any", "success_any"), ("eval/success_final", "success_final"),
           ("heldout/loss", "heldout_loss"), ("grad_norm", "grad_norm"))
@@ -63,6 +73,9 @@ class ResultsTable:
         self.path, self.kind, self.runs = Path(path), kind, runs
         self.grid_keys = [k for k in grid_keys if k not in FIELDS[kind].values()]
         self.committed = committed_results(self.path)
+        names = {r.name for r in runs}
+        # rows of runs this sweep file does not have (an earlier version of it): kept as they are, never dropped
+        self.kept = [row for row in read_results(self.path) if row.get("name") not in names]
         self.episodes_path = self.path.parent / EPISODES
         self.episodes = read_episode_rows(self.episodes_path)
         self.rows = {r.name: self._row(r, "done" if r.status == "done" else "pending", None) for r in runs}
@@ -75,25 +88,28 @@ class ResultsTable:
         return [(name, row["error"]) for name, row in self.rows.items() if row["status"] == "failed"]
 
     def write(self) -> None:
-        rows = [self.rows[r.name] for r in self.runs]
-        head = ["name", "status", *self.grid_keys, *FIELDS[self.kind], *MEASURED]
-        curves = sorted({k for row in rows for k in row if "@" in k}, key=lambda k: (k.split("@")[0], int(k.split("@")[1])))
+        rows = [self.rows[r.name] for r in self.runs] + self.kept
+        head = ["name", "status", *self.grid_keys]
+        head += [k for row in self.kept for k in row if k not in head and "@" not in k and k not in FIELDS[self.kind]
+                 and k not in MEASURED and k not in TAIL]  # grid keys only the kept rows have
+        head = list(dict.fromkeys(head)) + [*FIELDS[self.kind], *MEASURED]
+        curves = sorted({k for row in rows for k in row if _is_curve(k)}, key=lambda k: (k.split("@")[0], int(k.split("@")[1])))
         text = io.StringIO()
         writer = csv.DictWriter(text, fieldnames=head + curves + list(TAIL), lineterminator="\n")
         writer.writeheader()
         writer.writerows([{k: _cell(row.get(k)) for k in writer.fieldnames} for row in rows])
         atomic_write_text(self.path, text.getvalue())
-        if any(self.episodes.values()) or self.episodes_path.is_file():
-            write_episode_rows(self.episodes_path, self.episodes, [r.name for r in self.runs])
+        if any(self.episodes.values()) or self.episodes_path.is_file():  # the kept rows' episodes are kept too
+            write_episode_rows(self.episodes_path, self.episodes, [row["name"] for row in rows])
 
     def _row(self, run: SweepRunLike, status: str, error: str | None) -> dict[str, Any]:
         digest = config_hash(run.config)
         kept = self.committed.get(run.name)
-        if status == "done" and not RunPaths(run.run_dir).summary.is_file() and kept and kept["config_hash"] == digest:
+        if status == "done" and not RunPaths(run.run_dir).summary.is_file() and kept and row_matches(kept, run.config):
             return {**kept, "run_dir": str(run.run_dir)}  # finished in an earlier session; only its row is left
         self.episodes.pop(run.name, None)
         row: dict[str, Any] = {"name": run.name, "status": status, "error": error, "run_dir": str(run.run_dir),
-                               "config_hash": digest}
+                               "config_hash": digest, "measured_with": measured_with(run.config)}
         row.update({k: config_value(run.config, k) for k in self.grid_keys})
         row.update({col: config_value(run.config, key) for col, key in FIELDS[self.kind].items()})
         if status == "done":
@@ -105,12 +121,88 @@ class ResultsTable:
 def committed_results(path: str | Path) -> dict[str, dict[str, Any]]:
     """The `done` rows of an existing results.csv by run name (empty when there is none). Their values
     stay strings; they are written back as they were read."""
+    return {row["name"]: row for row in read_results(path) if row.get("status") == "done" and row.get("config_hash")}
+
+
+def read_results(path: str | Path) -> list[dict[str, str]]:
+    """Every row of an existing results.csv ([] when there is none), checked (`row_problem`); a damaged
+    table is a `ValueError` naming the file and line."""
+    path = Path(path)
     try:
-        text = read_text(path, "results file")  # not UTF-8: a ValueError naming it
-    except OSError:
-        return {}
-    rows = csv.DictReader(io.StringIO(text))
-    return {row["name"]: row for row in rows if row.get("status") == "done" and row.get("config_hash")}
+        header, rows = read_csv(path)
+    except FileNotFoundError:
+        return []
+    if rows and "name" not in header:
+        raise ValueError(f"{path} has no `name` column, so it is not a results table of `dt-eva sweep`; move it away")
+    for line, row in enumerate(rows, start=2):
+        problem = row_problem(row)
+        if problem:
+            raise ValueError(f"{path}, line {line} ({row.get('name')}): {problem}; fix or delete that row")
+    return rows
+
+
+def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """The header and rows of a results table; a field longer than `FIELD_LIMIT`, a broken quote or text
+    that is not UTF-8 is a `ValueError` naming the file (and line). A missing file is `FileNotFoundError`."""
+    reader = csv.DictReader(io.StringIO(read_text(path, "results file"), newline=""))
+    limit = csv.field_size_limit()
+    csv.field_size_limit(max(limit, FIELD_LIMIT))
+    try:
+        rows = list(reader)
+    except csv.Error as e:
+        raise ValueError(f"{path}, line {reader.line_num}: {e}; fix or delete that row") from None
+    finally:
+        csv.field_size_limit(limit)
+    return list(reader.fieldnames or []), rows
+
+
+def row_problem(row: dict[str, Any]) -> str | None:
+    """What is wrong with a `done` row of results.csv (None when nothing): a success outside [0, 1], a seed
+    that is not an integer >= 0, a measured value that is not a number."""
+    if row.get("status") != "done":
+        return None
+    for column, text in row.items():
+        if column is None or text in ("", None):
+            continue
+        metric = column.partition("@")[0]
+        if column == "seed" or metric in ("success_any", "success_final", "heldout_loss", "final_loss", "grad_norm",
+                                          "seconds", "eval_seconds", "eva_init_seconds", "episodes", "total_rank"):
+            try:
+                value = float(text)
+            except (TypeError, ValueError):
+                return f"column {column} holds {str(text)[:40]!r}, not a number"
+            if metric.startswith("success") and not 0 <= value <= 1:
+                return f"column {column} is {value:g}, outside [0, 1]"
+            if column in ("seed", "episodes", "total_rank") and not (value.is_integer() and value >= 0):
+                return f"column {column} is {text!r}, not an integer >= 0"
+    return None
+
+
+def measured_with(cfg: Any) -> str:
+    """The `measured_with` cell of a run: its `MEASURE_KEYS` settings as JSON."""
+    return json.dumps({k: config_value(cfg, k) for k in MEASURE_KEYS}, sort_keys=True, separators=(",", ":"))
+
+
+def measure_mismatch(row: dict[str, Any], cfg: Any) -> str | None:
+    """How the settings a committed row was measured with differ from `cfg`'s (None when they do not).
+    A row written before `measured_with` existed is compared on its episodes per task."""
+    if row.get("measured_with"):
+        try:
+            saved = json.loads(row["measured_with"])
+        except ValueError:
+            return f"measured_with is not JSON: {row['measured_with'][:60]!r}"
+        now = json.loads(measured_with(cfg))
+        changed = [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in now if saved.get(k) != now[k]]
+        return ", ".join(changed) or None
+    episodes, wanted = row.get("episodes"), config_value(cfg, "train.eval_episodes")
+    if episodes not in ("", None) and wanted and float(episodes) != float(wanted):
+        return f"train.eval_episodes: {int(float(episodes))} -> {wanted}"
+    return None
+
+
+def row_matches(row: dict[str, Any], cfg: Any) -> bool:
+    """A committed row is the result of `cfg`: the same config hash and measurement settings."""
+    return row.get("config_hash") == config_hash(cfg) and measure_mismatch(row, cfg) is None
 
 
 def read_run_results(run_dir: str | Path) -> dict[str, Any]:
@@ -120,23 +212,25 @@ def read_run_results(run_dir: str | Path) -> dict[str, Any]:
     summary, evaluation = read_json_object(paths.summary), read_json_object(paths.eval)
     mean = evaluation.get("mean") or {}
     ranks = summary.get("adapter_ranks")
-    out = {"final_loss": summary.get("final_loss"), "seconds": summary.get("seconds"),
-           "success_any": mean.get("success_any"), "success_final": mean.get("success_final"),
-           "episodes": evaluation.get("episodes"), "total_rank": summary.get("total_rank"),
-           "eva_init_seconds": summary.get("eva_init_seconds"), "precision": summary.get("precision"),
+    mean = mean if isinstance(mean, dict) else {}
+    out = {"final_loss": _number(summary.get("final_loss")), "seconds": _number(summary.get("seconds")),
+           "success_any": _number(mean.get("success_any"), 0, 1), "success_final": _number(mean.get("success_final"), 0, 1),
+           "episodes": _count(evaluation.get("episodes")), "total_rank": _count(summary.get("total_rank")),
+           "eva_init_seconds": _number(summary.get("eva_init_seconds")), "precision": summary.get("precision"),
            "eval_precision": evaluation.get("precision"), "cpu": " | ".join(summary.get("machines") or []) or None,
-           "adapter_ranks": json.dumps(ranks, separators=(",", ":")) if ranks else None}
+           "adapter_ranks": json.dumps(ranks, separators=(",", ":")) if isinstance(ranks, dict) and ranks else None}
     by_step: dict[int, dict[str, Any]] = {}
     for record in read_metrics(paths.metrics):  # a resumed run logs some steps twice: the later line wins
         by_step.setdefault(int(record["step"]), {}).update(record)
     eval_seconds = 0.0
     for step in sorted(by_step):
         for key, column in CURVES:
-            if key in by_step[step]:
-                out[f"{column}@{step}"] = by_step[step][key]
+            value = _number(by_step[step].get(key))  # a damaged value ("abc", [1]) is left out, not copied
+            if value is not None:
+                out[f"{column}@{step}"] = value
                 if column == "heldout_loss":
-                    out["heldout_loss"] = by_step[step][key]  # the last step that has it
-        eval_seconds += sum(float(by_step[step].get(k, 0.0)) for k in ("eval/seconds", "probe/seconds"))
+                    out["heldout_loss"] = value  # the last step that has it
+        eval_seconds += sum(_number(by_step[step].get(k)) or 0.0 for k in ("eval/seconds", "probe/seconds"))
     out["eval_seconds"] = eval_seconds if eval_seconds > 0 else None
     return out
 
@@ -147,6 +241,23 @@ def read_json_object(path: Path) -> dict[str, Any]:
         return load_json_object(path) or {}
     except ValueError:
         return {}
+
+
+def _number(value: Any, low: float = -math.inf, high: float = math.inf) -> float | None:
+    """A measured value as a float; None for anything else (text, lists, bools, NaN, out of range)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) and low <= value <= high else None
+
+
+def _count(value: Any) -> int | None:
+    number = _number(value, 0)
+    return int(number) if number is not None and number.is_integer() else None
+
+
+def _is_curve(column: str) -> bool:
+    metric, _, step = column.partition("@")
+    return bool(metric) and step.isdigit()
 
 
 def config_value(cfg: Any, dotted: str) -> Any:

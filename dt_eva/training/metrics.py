@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from dt_eva.utils.io import atomic_write_text, read_metrics  # noqa: F401  (re-exported)
+from dt_eva.utils.safefs import open_append
 
 
 class MetricsLogger:
@@ -21,7 +22,7 @@ class MetricsLogger:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         truncate_metrics(self.path, start_step)
-        self._file = open(self.path, "a", encoding="utf-8")
+        self._file = open_append(self.path, "metrics")  # a planted link must not send lines elsewhere
         self._tb = None
         if tensorboard_dir is not None:
             from torch.utils.tensorboard import SummaryWriter

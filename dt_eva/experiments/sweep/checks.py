@@ -11,7 +11,7 @@ from dt_eva.experiments.sweep.expand import SweepRun
 from dt_eva.experiments.sweep.spec import KINDS, SweepSpec, load_ref
 from dt_eva.runs.guard import check_resume_compatible, config_hash, plan_run_dir
 from dt_eva.runs.layout import LOCK, RunPaths
-from dt_eva.runs.results import RESULTS, committed_results
+from dt_eva.runs.results import RESULTS, committed_results, measure_mismatch
 
 
 def load_configs(spec: SweepSpec, runs: list[SweepRun]) -> None:
@@ -33,7 +33,13 @@ def plan_statuses(spec: SweepSpec, runs: list[SweepRun]) -> None:
     for run in runs:
         try:
             run.status = _status(spec.kind, cls, run)
-            if run.status == "new" and committed.get(run.name, {}).get("config_hash") == config_hash(run.config):
+            row = committed.get(run.name, {})
+            if run.status == "new" and row.get("config_hash") == config_hash(run.config):
+                changed = measure_mismatch(row, run.config)
+                if changed:  # as a run folder with these changes is refused: the row would be replaced
+                    raise ValueError(f"it finished (its row in {spec.out / RESULTS}) measured with other settings "
+                                     f"({changed}); restore the sweep's settings, or give the sweep another out: "
+                                     "(or delete that row)")
                 run.status = "done"  # finished in an earlier session: results.csv keeps its row
         except (ValueError, FileNotFoundError) as e:
             raise _naming(e, f"{spec.path}: run {run.name}: {e}") from None

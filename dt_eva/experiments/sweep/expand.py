@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +13,10 @@ from typing import Any
 
 from dt_eva.experiments.sweep.spec import RUNS, SweepSpec, matches
 from dt_eva.runs.guard import check_run_name
+
+# Each run costs a config load (~30 ms) before anything starts; a grid beyond this is most likely a mistake.
+MAX_RUNS = 5_000
+MAX_RUNS_VARIABLE = "DT_EVA_SWEEP_MAX_RUNS"
 
 
 @dataclass
@@ -29,8 +35,23 @@ class SweepRun:
         return self.status in ("resume", "restart")
 
 
+def max_runs() -> int:
+    """The most runs one sweep may expand to: `DT_EVA_SWEEP_MAX_RUNS`, default `MAX_RUNS`."""
+    text = os.environ.get(MAX_RUNS_VARIABLE, "")
+    try:
+        return int(text) if text else MAX_RUNS
+    except ValueError:
+        raise ValueError(f"{MAX_RUNS_VARIABLE}={text!r} is not a whole number of runs") from None
+
+
 def expand(spec: SweepSpec) -> list[SweepRun]:
-    """Every combination of the grid, in grid order, with its overrides (no config loaded yet)."""
+    """Every combination of the grid, in grid order, with its overrides (no config loaded yet). A grid of
+    more than `max_runs()` combinations is refused before any is expanded (each costs a config load)."""
+    combinations = math.prod(len(v) for v in spec.grid.values())
+    if combinations > max_runs():
+        raise ValueError(f"{spec.path}: the grid has {combinations:,} combinations (before exclude:), more than the "
+                         f"{max_runs():,} runs one sweep may have; split it into several sweep files, or raise the "
+                         f"limit with the environment variable {MAX_RUNS_VARIABLE}=N")
     keys = list(spec.grid)
     labels = _labels(keys)
     runs, seen = [], {}

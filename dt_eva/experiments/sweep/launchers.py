@@ -17,6 +17,7 @@ from typing import Any
 from dt_eva.experiments.sweep.slurm import ACTIVE, QUEUED, SlurmQueue
 from dt_eva.experiments.sweep.spec import LOGS
 from dt_eva.experiments.sweep.worker import RunJob, core_slots, run_job
+from dt_eva.utils.safefs import ensure_real_dir, open_append
 
 # What a run imports; a fork server imports it once, so that each run does not pay ~5 s of CPU for it.
 PRELOAD = ["dt_eva.experiments.finetune", "dt_eva.experiments.pretrain", "dt_eva.evaluation", "dt_eva.envs",
@@ -43,7 +44,7 @@ class ProcessLauncher:
         return self.slots[slot], len(self.slots[slot])
 
     def start(self, jobs: list[RunJob]) -> list[Any]:
-        self.logs.mkdir(parents=True, exist_ok=True)
+        ensure_real_dir(self.logs, "sweep logs")
         handles = []
         for job in jobs:
             receive, send = self.ctx.Pipe(duplex=False)
@@ -89,7 +90,12 @@ class ProcessLauncher:
 
 
 def _process_main(job: RunJob, send: Any, log: str) -> None:
-    with open(log, "a", encoding="utf-8") as f:
+    try:
+        f = open_append(log, "sweep log")  # a planted link must not make the run append elsewhere
+    except (OSError, ValueError) as e:  # the run fails with this message; the sweep goes on
+        send.send(" ".join(f"{type(e).__name__}: {e}".split()))
+        return
+    with f:
         os.dup2(f.fileno(), 1)
         os.dup2(f.fileno(), 2)
     error = run_job(job)

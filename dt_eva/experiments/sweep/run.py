@@ -13,11 +13,11 @@ from typing import Any
 
 from dt_eva.experiments.sweep.checks import check_inputs, load_configs, plan_statuses
 from dt_eva.experiments.sweep.expand import SweepRun, expand
+from dt_eva.experiments.sweep.folder import check_sweep_folder, open_sweep_folder
 from dt_eva.experiments.sweep.launchers import make_launcher
 from dt_eva.experiments.sweep.spec import RESULTS, SweepSpec, load_sweep
 from dt_eva.experiments.sweep.worker import RunJob
 from dt_eva.runs.results import ResultsTable
-from dt_eva.utils.io import atomic_write_text
 
 
 @dataclass
@@ -41,6 +41,7 @@ class SweepResult:
 def plan_sweep(path: str | Path, out: str | Path | None = None) -> SweepPlan:
     """Read, expand and check a sweep (every error before anything starts); decide each run's status."""
     spec = load_sweep(path, out)
+    check_sweep_folder(spec)  # a folder that is not this sweep's is refused before anything
     runs = expand(spec)
     load_configs(spec, runs)
     plan_statuses(spec, runs)
@@ -58,15 +59,19 @@ def run_sweep(path: str | Path, *, jobs: int = 1, launcher: str = "processes", o
     """
     if jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {jobs}")
-    plan = plan_sweep(path, out)
-    spec, todo = plan.spec, plan.todo
-    backend = make_launcher(launcher, spec.out, jobs, slurm or {}) if todo else None
-    spec.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(spec.out / "sweep.yaml", spec.path.read_text(encoding="utf-8"))  # what made the table
-    table = ResultsTable(spec.out / RESULTS, spec.kind, list(spec.grid), plan.runs)
-    table.write()
-    if todo:
-        execute(todo, spec, backend, table, progress)
+    plan = plan_sweep(path, out)  # every check before the folder is touched
+    spec = plan.spec
+    backend = make_launcher(launcher, spec.out, jobs, slurm or {}) if plan.todo else None  # its checks too
+    folder = open_sweep_folder(spec)  # locked for the life of the sweep: a second one on it is refused
+    try:
+        plan_statuses(spec, plan.runs)  # again, under the lock: another sweep may have ended runs meanwhile
+        todo = plan.todo
+        table = ResultsTable(spec.out / RESULTS, spec.kind, list(spec.grid), plan.runs)
+        table.write()
+        if todo:
+            execute(todo, spec, backend, table, progress)
+    finally:
+        folder.release()
     return SweepResult(table.path, len(plan.runs), len(todo), table.failed())
 
 
