@@ -256,6 +256,11 @@ def main() -> None:
     parser.add_argument("--peak-size", type=int, default=1024, help="matmul size for the measured peaks")
     parser.add_argument("--force-bf16", action="store_true", help="run bf16 even without native bf16 matmuls")
     args = parser.parse_args()
+    from dt_eva.utils.precision import cpu_model
+
+    # every figure names its CPU and date (docs/benchmarks.md)
+    print(f"machine: {cpu_model()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+          f"load average {os.getloadavg()[0]:.1f}")
     if args.threads:
         torch.set_num_threads(args.threads)
     names = list(PRESETS) if args.preset == "both" else [args.preset]

@@ -148,6 +148,12 @@ def main() -> int:
         print(json.dumps(run_memory_child(args)))
         return 0
 
+    from dt_eva.utils.precision import cpu_model
+
+    # every figure names its CPU and date (docs/benchmarks.md)
+    print(f"machine: {cpu_model()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+          f"load average {os.getloadavg()[0]:.1f}")
+
     print(f"model: GPT2LMHeadModel layers={args.layers} hidden={args.hidden} vocab={args.vocab}; "
           f"batches {args.batch}x{args.seq} tokens; rank={args.rank} rho={args.rho} tau={args.tau}; "
           f"torch threads={args.threads}")

@@ -105,6 +105,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    from dt_eva.utils.precision import cpu_model
+
+    # every figure names its CPU and date (docs/benchmarks.md)
+    print(f"machine: {cpu_model()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+          f"load average {os.getloadavg()[0]:.1f}")
 
     from dt_eva.envs import filter_third_party_warnings, resolve_tasks
     from dt_eva.evaluation import evaluate_policy

@@ -124,7 +124,10 @@ def main() -> None:
         run = _child("--measure", str(src.parent), str(Path(work) / "out"))
         file_mb = src.stat().st_size / 2**20
         out_mb = sum(p.stat().st_size for p in (Path(work) / "out").rglob("*") if p.is_file()) / 2**20
-    print(json.dumps({
+    from dt_eva.utils.precision import cpu_model
+
+    print(json.dumps({  # the CPU and date: every figure names them (docs/benchmarks.md)
+        "cpu": cpu_model(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "transitions": args.transitions, "layout": "savez_compressed" if args.compressed else "savez",
         "file_mb": round(file_mb, 1), "build_s": round(built, 1), "convert_s": round(run["seconds"], 1),
         "episodes": run["episodes"], "output_mb": round(out_mb, 1), "peak_rss_mb": round(run["max_rss_mb"], 1),

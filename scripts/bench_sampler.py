@@ -16,6 +16,7 @@ and loaded through `load_dataset`) is used, since the sampler's cost depends on 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -70,6 +71,11 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=100, help="sampler batches per round")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
+    from dt_eva.utils.precision import cpu_model
+
+    # every figure names its CPU and date (docs/benchmarks.md)
+    print(f"machine: {cpu_model()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+          f"load average {os.getloadavg()[0]:.1f}")
     if args.threads:
         torch.set_num_threads(args.threads)
 
