@@ -1,3 +1,3 @@
 """dt_eva: Decision Transformers on Meta-World with Explained Variance Adaptation."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

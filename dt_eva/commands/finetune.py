@@ -11,7 +11,6 @@ Flags set the config keys of the same name (`--rank 8` = `rank=8`); `key=value` 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -80,23 +79,24 @@ def run(args: argparse.Namespace) -> int:
 def print_summary(run_dir: Path) -> None:
     """What the run did and where its files are."""
     from dt_eva.runs.layout import RunPaths
+    from dt_eva.runs.summary import read_summary
 
     paths = RunPaths(run_dir)
-    summary = json.loads(paths.summary.read_text(encoding="utf-8"))
-    ev = summary.get("eval") or {}
+    summary = read_summary(run_dir)
+    ev = summary.eval or {}
     rows = [
-        ("run", f"{summary['name']}  ({run_dir})"),
-        ("task / method", f"{summary['task']} / {summary['method']}"),
-        ("rank / rho / alpha", f"{summary['rank']} / {summary['rho']:g} / {summary['alpha']:g}"),
-        ("trainable params", f"{summary['trainable_params']:,} of {summary['total_params']:,}"),
-        ("steps", f"{summary['steps']:,}"),
-        ("final loss", f"{summary['final_loss']:.5f}"),
-        ("time", f"{summary['seconds']:.1f} s"),
+        ("run", f"{summary.name}  ({run_dir})"),
+        ("task / method", f"{summary.task} / {summary.method}"),
+        ("rank / rho / alpha", f"{summary.rank} / {summary.rho:g} / {summary.alpha:g}"),
+        ("trainable params", f"{summary.trainable_params:,} of {summary.total_params:,}"),
+        ("steps", f"{summary.steps:,}"),
+        ("final loss", f"{summary.final_loss:.5f}"),
+        ("time", f"{summary.seconds:.1f} s"),
         ("eval success (any / final)",
          f"{ev['success_any']:.3f} / {ev['success_final']:.3f}" if "success_any" in ev else "not evaluated"),
     ]
-    if summary.get("eva_init_seconds") is not None:
-        rows.append(("EVA init", f"{summary['eva_init_seconds']:.2f} s, total rank {summary['total_rank']}  "
+    if summary.eva_init_seconds is not None:
+        rows.append(("EVA init", f"{summary.eva_init_seconds:.2f} s, total rank {summary.total_rank}  "
                      f"({paths.eva_ranks_plot})"))
     rows.append(("weights", str(paths.model)))
     if paths.merged_model.is_file():

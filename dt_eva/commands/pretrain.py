@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -52,18 +51,19 @@ def _is_main() -> bool:
 def print_summary(run_dir: Path) -> None:
     """A short table of what the run did and where its files are."""
     from dt_eva.runs.layout import RunPaths
+    from dt_eva.runs.summary import read_summary
 
     paths = RunPaths(run_dir)
-    summary = json.loads(paths.summary.read_text(encoding="utf-8"))
-    ev = summary.get("eval") or {}
+    summary = read_summary(run_dir)
+    ev = summary.eval or {}
     rows = [
-        ("run", summary["name"]),
-        ("steps", f"{summary['steps']:,}"),
-        ("final loss", f"{summary['final_loss']:.5f}"),
-        ("time", _duration(summary["seconds"])),
-        ("tokens/s", f"{summary['tokens_per_s']:,.0f}"),
-        ("processes / device", f"{summary['world_size']} x {summary['device']} ({summary['precision']})"),
-        ("parameters", f"{summary['parameters']:,}"),
+        ("run", summary.name),
+        ("steps", f"{summary.steps:,}"),
+        ("final loss", f"{summary.final_loss:.5f}"),
+        ("time", _duration(summary.seconds)),
+        ("tokens/s", f"{summary.tokens_per_s:,.0f}"),
+        ("processes / device", f"{summary.world_size} x {summary.device} ({summary.precision})"),
+        ("parameters", f"{summary.parameters:,}"),
         (
             "eval success (any / final)",
             f"{ev['success_any']:.3f} / {ev['success_final']:.3f}" if "success_any" in ev else "not evaluated",

@@ -25,11 +25,10 @@ from dt_eva.data.format import (
     METADATA_FILE,
     TASK_FILE,
     DatasetError,
-    read_json,
     read_task_dir,
 )
 from dt_eva.envs.registry import EPISODE_LENGTH, MT50, resolve_tasks
-from dt_eva.utils.io import atomic_dir, atomic_write_json
+from dt_eva.utils.io import atomic_dir, atomic_write_json, load_json_object
 from dt_eva.utils.versions import library_versions
 
 #: Collection envs use MT1 seeds ENV_SEED_BASE + 1000 * seed + block, so their goal layouts never
@@ -257,7 +256,7 @@ def collect_dataset(
     meta_path = out / METADATA_FILE
     recorded: list[str] = []
     if meta_path.exists():
-        old = read_json(meta_path)
+        old = load_json_object(meta_path, required=True, error=DatasetError)
         if "source" in old:
             raise ValueError(
                 f"{out} holds a dataset imported from {old['source'].get('kind', 'elsewhere')} "

@@ -14,7 +14,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from dt_eva.envs.registry import ACT_DIM, EPISODE_LENGTH, STATE_DIM, resolve_task, resolve_tasks
-from dt_eva.utils.io import read_json as read_json_value
+from dt_eva.utils.io import load_json_object
 
 FORMAT_VERSION = 1
 METADATA_FILE = "metadata.json"
@@ -123,7 +123,7 @@ def load_dataset(path: str | Path, tasks: str | Iterable[str] | None = None, mma
                 "command to resume it."
             )
         raise FileNotFoundError(f"{root} is not a dt-eva dataset: {meta_path} is missing")
-    metadata = read_json(meta_path)
+    metadata = load_json_object(meta_path, required=True, error=DatasetError)
     if metadata.get("format_version") != FORMAT_VERSION:
         raise DatasetError(
             f"{meta_path}: format_version {metadata.get('format_version')!r} is not supported "
@@ -176,7 +176,7 @@ def read_task_dir(task_dir: str | Path, mmap: bool = True, task: str | None = No
     info_path = task_dir / TASK_FILE
     if not info_path.is_file():
         raise DatasetError(f"{info_path} is missing (incomplete task directory); delete {task_dir} and re-run `dt-eva collect`")
-    info = read_json(info_path)
+    info = load_json_object(info_path, required=True, error=DatasetError)
     if info.get("task") != task:
         raise DatasetError(f"{info_path}: 'task' is {info.get('task')!r} but the directory is {task}")
     episodes = info.get("episodes")
@@ -188,16 +188,6 @@ def read_task_dir(task_dir: str | Path, mmap: bool = True, task: str | None = No
     arrays = {name: _load_array(task_dir / f"{name}.npy", mmap, episodes) for name in ARRAY_SPECS if name not in unknown}
     _check_values(task_dir, arrays)
     return info, arrays
-
-
-def read_json(path: Path) -> dict:
-    try:
-        obj = read_json_value(path)
-    except ValueError as e:  # names the file
-        raise DatasetError(str(e)) from None
-    if not isinstance(obj, dict):
-        raise DatasetError(f"{path}: expected a JSON object, got {type(obj).__name__}")
-    return obj
 
 
 def _load_array(path: Path, mmap: bool, episodes: int) -> np.ndarray:

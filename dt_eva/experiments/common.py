@@ -8,9 +8,10 @@ from typing import Any, Callable, Mapping, TypeVar
 
 import torch
 
-from dt_eva.config import load_config, save_config
+from dt_eva.config import save_config
 from dt_eva.evaluation import evaluate_policy
-from dt_eva.runs.guard import OpenRun, check_resume_compatible, open_run_dir, plan_run_dir
+from dt_eva.runs.guard import OpenRun, open_run_dir
+from dt_eva.runs.status import plan_run as plan_run_status
 from dt_eva.runs.layout import RunPaths
 from dt_eva.training.distributed import DistContext, broadcast_object, init_distributed, shutdown_distributed
 
@@ -32,16 +33,8 @@ def on_main(dist: DistContext, fn: Callable[[], T]) -> T:
 
 
 def plan_run(dist: DistContext, cfg: Any, paths: RunPaths, kind: str, resume: bool, force: bool) -> str:
-    """Decide (without touching the disk) whether the run is new, resumed or restarted, and check a
-    resumed run's saved config against `cfg`."""
-
-    def plan() -> str:
-        decision = plan_run_dir(paths.root, kind, resume=resume, force=force)
-        if decision == "resume" and paths.config.is_file():
-            check_resume_compatible(load_config(type(cfg), paths.config), cfg, paths.root)
-        return decision
-
-    return on_main(dist, plan)
+    """`runs.status.plan_run` on rank 0, its decision (or error) handed to every rank."""
+    return on_main(dist, lambda: plan_run_status(paths.root, kind, cfg, resume=resume, force=force))
 
 
 def claim_run(dist: DistContext, cfg: Any, paths: RunPaths, kind: str, resume: bool, force: bool,

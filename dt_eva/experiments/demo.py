@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 import dt_eva
-from dt_eva.config import config_diff, load_config
+from dt_eva.config import load_config
 from dt_eva.data import WindowSampler, collect_dataset, load_dataset
 from dt_eva.envs import CW10, EPISODE_LENGTH, resolve_task, short_name
 from dt_eva.experiments.evaluate import evaluate_run, run_autocast_dtype
@@ -43,10 +43,11 @@ from dt_eva.methods.registry import resolve_method
 from dt_eva.reporting import build_report
 from dt_eva.runs.base import file_sha256
 from dt_eva.runs.configs import FinetuneConfig, PretrainConfig
-from dt_eva.runs.guard import RESUME_MUTABLE_KEYS, config_hash, plan_run_dir, stable_hash
+from dt_eva.runs.guard import config_hash, stable_hash
 from dt_eva.runs.layout import RunPaths
 from dt_eva.runs.marker import read_meta
 from dt_eva.runs.policy import load_run_model, target_returns
+from dt_eva.runs.status import Rerun, plan_run
 from dt_eva.utils.io import atomic_write_json
 from dt_eva.utils.precision import autocast
 
@@ -190,21 +191,16 @@ def finetune_config(settings: DemoSettings, paths: DemoPaths, method: str, progr
 
 
 # --- stage identity: hashes, never file times ------------------------------------------------------
+# the demo never mixes experiments: every run of its workdir must have the demo's settings
+DEMO_RERUN = Rerun(finished="reuse", needs_model=True, any_saved=True,
+                   conflict="{root} holds a {kind} run made with other settings ({changes}); the demo does not mix "
+                            "experiments: use another --workdir, or delete {root}")
+
+
 def plan_training(run_dir: Path, cfg: Any, kind: str) -> str:
-    """What the training stage will do: "reuse" (finished, same config hash), "resume", "restart"
-    (a run that never checkpointed) or "new". A run made with another config is a `ValueError`."""
-    paths = RunPaths(run_dir)
-    if not paths.meta.is_file():
-        return plan_run_dir(run_dir, kind)  # "new"; refuses a folder that is not a dt-eva run
-    plan = plan_run_dir(run_dir, kind, resume=True)  # refuses a run of the other kind
-    if paths.config.is_file():
-        saved = load_config(type(cfg), paths.config)
-        if config_hash(saved) != config_hash(cfg):
-            changed = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in config_diff(saved, cfg).items()
-                                if k not in RESUME_MUTABLE_KEYS)
-            raise ValueError(f"{run_dir} holds a {kind} run made with other settings ({changed}); the demo does not "
-                             f"mix experiments: use another --workdir, or delete {run_dir}")
-    return "reuse" if paths.summary.is_file() and paths.model.is_file() else plan
+    """What the training stage will do: "reuse" (finished, same config), "resume", "restart" (a run
+    that never checkpointed) or "new". A run made with other settings is a `ValueError`."""
+    return plan_run(run_dir, kind, cfg, rerun=DEMO_RERUN)
 
 
 def check_fine_tuned_from(run_dir: Path, base_dir: Path) -> None:

@@ -60,7 +60,7 @@ def run_curves(run: RunRecord, task: str | None = None,
                 success.append((step, float(row[k])))
                 break
     if run.eval is not None:
-        steps = (run.summary or {}).get("steps")
+        steps = run.summary.steps if run.summary is not None else None
         final_step = steps if isinstance(steps, int) else max((r["step"] for r in rows), default=0)
         entry = run.eval["tasks"].get(task) if task else None
         value = (entry or run.eval.get("mean") or {}).get("success_any")

@@ -16,8 +16,8 @@ from dt_eva.models import DecisionTransformer
 from dt_eva.runs.configs import PretrainConfig
 from dt_eva.runs.layout import RunPaths
 from dt_eva.runs.marker import run_kind
+from dt_eva.runs.summary import read_summary
 from dt_eva.training.configs import DataConfig
-from dt_eva.utils.io import load_json_object
 from dt_eva.utils.torchfiles import load_state_dict_file
 
 
@@ -105,7 +105,8 @@ def load_pretrained_base(checkpoint: str | Path) -> PretrainedBase:
 
 
 def _finished_step(paths: RunPaths) -> int | None:
+    summary = read_summary(paths.root, problems=[])  # a damaged summary records no step
     try:
-        return int((load_json_object(paths.summary) or {}).get("steps"))
+        return int(summary.steps) if summary is not None else None
     except (ValueError, TypeError):
         return None

@@ -7,8 +7,9 @@ newer weights); evaluating with other settings adds one.
 
 `eval.json` stays for older code and users: it always holds the LARGEST evaluation (most episodes
 per task; on a tie the newest), so a 1-episode smoke test never replaces a 20-episode evaluation.
-Runs of dt-eva 0.1.0 have only `eval.json` (and `eval/<task>.json`); they read as records too, and
-the first new evaluation copies their `eval.json` into `evals/` before anything replaces it.
+Runs of the legacy format (`layout.LEGACY_FORMAT`) have only `eval.json` (and `eval/<task>.json`);
+they read as records too, and the first new evaluation copies their `eval.json` into `evals/` before
+anything replaces it.
 
 Torch-free: a report over hundreds of runs reads these.
 """
@@ -59,7 +60,7 @@ def write_eval_record(run_dir: str | Path, result: dict[str, Any], model: dict[s
     """Store `result` as `evals/<key>.json` (atomically) and keep `eval.json` the largest evaluation.
 
     `model`: what was evaluated (e.g. `{"weights": "model.pt", "step": None}`), kept in the record.
-    An `eval.json` that no record holds yet (dt-eva 0.1.0, or written by training) is copied into
+    An `eval.json` that no record holds yet (a legacy-format run, or written by training) is copied into
     `evals/` first, so no evaluation is lost when `eval.json` changes. Returns the record's path.
     """
     paths = RunPaths(run_dir)
@@ -84,7 +85,7 @@ def read_eval_records(run_dir: str | Path, problems: list[str] | None = None) ->
     """Every evaluation of a run, oldest first.
 
     A record: `{"key", "created", "settings", "result", "path"}` (+ `"model"` when known). Sources:
-    `evals/*.json`; `eval.json` when no record holds its result; dt-eva 0.1.0's `eval/<task>.json`
+    `evals/*.json`; `eval.json` when no record holds its result; the legacy format's `eval/<task>.json`
     when no other record holds that task's entry. A damaged file is skipped, and a line naming it is
     appended to `problems`.
     """
@@ -108,11 +109,11 @@ def read_eval_records(run_dir: str | Path, problems: list[str] | None = None) ->
         add(_make_record(legacy, _mtime(paths.eval), source=paths.eval))
     if paths.eval_per_task.is_dir():
         for path in sorted(paths.eval_per_task.glob("*.json")):
-            record = _read_per_task_file(path, problems)
+            record = _read_legacy_task_file(path, problems)
             if record is None:
                 continue
             task, entry = next(iter(record["result"]["tasks"].items()))
-            # 0.1.0 wrote eval/<task>.json beside eval.json: only an entry no record holds is news
+            # the legacy format wrote eval/<task>.json beside eval.json: only an entry no record holds is news
             if record["key"] not in by_key and not any(r["result"]["tasks"].get(task) == entry for r in by_key.values()):
                 add(record)
     return sorted(by_key.values(), key=lambda r: (r["created"], r["key"]))
@@ -196,8 +197,8 @@ def _read_result_file(path: Path, problems: list[str]) -> dict[str, Any] | None:
     return obj
 
 
-def _read_per_task_file(path: Path, problems: list[str]) -> dict[str, Any] | None:
-    """dt-eva 0.1.0's `eval/<task>.json`: one task's entry plus the settings, as a one-task record."""
+def _read_legacy_task_file(path: Path, problems: list[str]) -> dict[str, Any] | None:
+    """The legacy format's `eval/<task>.json`: one task's entry plus the settings, as a one-task record."""
     obj = _read_json(path, problems)
     if obj is None:
         return None
@@ -213,6 +214,7 @@ def _read_per_task_file(path: Path, problems: list[str]) -> dict[str, Any] | Non
 
 
 def _read_json(path: Path, problems: list[str]) -> dict[str, Any] | None:
+    """`load_json_object`, a damaged file noted in `problems` and skipped."""
     try:
         return load_json_object(path)
     except ValueError as e:

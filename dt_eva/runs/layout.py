@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PACKAGE = "dt-eva"
+# The run format before the run-directory redesign (dt-eva 0.1.0 wrote it): a meta.json without
+# package / run_id, eval.json and eval/<task>.json without evals/, checkpoint format 1. Read, never written.
+LEGACY_FORMAT = 1
 KINDS = ("pretrain", "finetune")
 
 CONFIG = "config.yaml"
@@ -31,7 +34,7 @@ MODEL = "model.pt"
 SUMMARY = "summary.json"
 EVAL = "eval.json"
 EVALS = "evals"
-EVAL_PER_TASK = "eval"  # eval/<task>.json, written by dt-eva 0.1.0; read, no longer written
+EVAL_PER_TASK = "eval"  # eval/<task>.json of LEGACY_FORMAT runs; read, no longer written
 EVA = "eva"
 EVA_SUMMARY = "eva/eva.json"
 EVA_RANKS_PLOT = "eva/ranks.png"

@@ -1,8 +1,8 @@
 """The marker that makes a directory a dt-eva run: `meta.json` with the package's name, the run's
 kind and a run id. Only a marked directory is ever resumed into, replaced or cleared.
 
-Runs written by dt-eva 0.1.0 carry no `package` / `run_id`; their `meta.json` names dt-eva in its
-recorded library versions, which marks them as ours too.
+Runs of the legacy format (`layout.LEGACY_FORMAT`) carry no `package` / `run_id`; their `meta.json`
+names dt-eva in its recorded library versions, which marks them as ours too.
 """
 
 from __future__ import annotations
@@ -14,21 +14,19 @@ from pathlib import Path
 from typing import Any
 
 from dt_eva.runs.layout import KINDS, META, PACKAGE
-from dt_eva.utils.io import atomic_write_json, read_json
+from dt_eva.utils.io import atomic_write_json, load_json_object
 from dt_eva.utils.versions import library_versions
 
 
 def read_meta(run_dir: str | Path) -> dict[str, Any] | None:
     """The run's `meta.json` as a dict; None when there is none; `ValueError` when it is damaged."""
     path = Path(run_dir) / META
-    if not path.is_file():
-        return None
     try:
-        meta = read_json(path)
+        meta = load_json_object(path)
     except ValueError as e:  # names the file
         raise ValueError(f"{e}; the run directory is damaged") from None
-    if not isinstance(meta, dict):
-        raise ValueError(f"{path} does not hold a JSON object; the run directory is damaged")
+    if meta is None:
+        return None
     _check_types(path, meta)
     return meta
 
@@ -57,13 +55,13 @@ def _check_types(path: Path, meta: dict[str, Any]) -> None:
 
 
 def is_marked(meta: dict[str, Any] | None) -> bool:
-    """True for the `meta.json` of a dt-eva run (this version's marker or dt-eva 0.1.0's)."""
+    """True for the `meta.json` of a dt-eva run (this version's marker or the legacy format's)."""
     if not meta or meta.get("kind") not in KINDS:
         return False
     if meta.get("package") == PACKAGE and meta.get("run_id"):
         return True
     versions = meta.get("versions")
-    return isinstance(versions, dict) and PACKAGE in versions  # dt-eva 0.1.0
+    return isinstance(versions, dict) and PACKAGE in versions  # LEGACY_FORMAT
 
 
 def is_run_dir(path: str | Path) -> bool:
@@ -102,7 +100,7 @@ def write_meta(run_dir: str | Path, kind: str, extra: dict[str, Any] | None = No
                 "command": list(sys.argv), "created": _now()}
     else:
         meta.setdefault("package", PACKAGE)
-        meta.setdefault("run_id", uuid.uuid4().hex)  # a dt-eva 0.1.0 run gets its id when resumed
+        meta.setdefault("run_id", uuid.uuid4().hex)  # a LEGACY_FORMAT run gets its id when resumed
         meta.setdefault("resumed", []).append({"at": _now(), "command": list(sys.argv), "versions": library_versions()})
     meta.update(extra or {})
     atomic_write_json(Path(run_dir) / META, meta)

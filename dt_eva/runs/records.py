@@ -17,6 +17,7 @@ from dt_eva.methods.registry import METHODS, normalize_method_name
 from dt_eva.runs.evals import largest_eval, read_eval_records
 from dt_eva.runs.layout import CHECKPOINTS, EVA, TENSORBOARD, VIDEOS, RunPaths
 from dt_eva.runs.marker import is_run_dir
+from dt_eva.runs.summary import RunSummary, read_summary
 from dt_eva.utils.io import load_json_object, read_yaml
 
 _NOT_RUN_CHILDREN = {TENSORBOARD, CHECKPOINTS, EVA, VIDEOS, "__pycache__"}
@@ -33,7 +34,7 @@ class RunRecord:
     path: Path
     name: str
     kind: str  # "pretrain" | "finetune" | "unknown"
-    summary: dict[str, Any] | None
+    summary: RunSummary | None
     config: dict[str, Any]
     eval: dict[str, Any] | None
     metrics_path: Path | None
@@ -91,10 +92,15 @@ class RunRecord:
         return str(c) if c else None
 
 
-def _first(*dicts: dict[str, Any] | None, key: str) -> Any:
-    for d in dicts:
-        if isinstance(d, dict) and d.get(key) is not None:
-            return d[key]
+def _first(*sources: RunSummary | dict[str, Any] | None, key: str) -> Any:
+    """The first source's value of `key` that is not None (a summary's field, a dict's entry)."""
+    for source in sources:
+        if isinstance(source, RunSummary):
+            value = getattr(source, key)
+        else:
+            value = source.get(key) if isinstance(source, dict) else None
+        if value is not None:
+            return value
     return None
 
 
@@ -137,15 +143,6 @@ def find_run_dirs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> lis
     return sorted(found)
 
 
-def _read_json(path: Path, problems: list[str], corrupt: list[str]) -> dict[str, Any] | None:
-    try:
-        return load_json_object(path)
-    except ValueError as e:
-        problems.append(str(e))
-        corrupt.append(path.name)
-        return None
-
-
 def _read_config(path: Path, problems: list[str], corrupt: list[str]) -> dict[str, Any]:
     if not path.is_file():
         return {}
@@ -167,8 +164,15 @@ def load_run(path: str | os.PathLike) -> RunRecord:
     paths = RunPaths(path)
     problems: list[str] = []
     corrupt: list[str] = []
-    summary = _read_json(paths.summary, problems, corrupt)
-    meta = _read_json(paths.meta, problems, corrupt) or {}
+    summary = read_summary(paths.root, problems)
+    if problems:  # the first file read: a problem now is the summary's
+        corrupt.append(paths.summary.name)
+    try:
+        meta = load_json_object(paths.meta) or {}
+    except ValueError as e:  # names the file
+        problems.append(str(e))
+        corrupt.append(paths.meta.name)
+        meta = {}
     config = _read_config(paths.config, problems, corrupt)
     kind = str(_first(summary, meta, key="kind") or "unknown")
     task = _first(summary, config, key="task")

@@ -35,6 +35,7 @@ from typing import Any, Protocol
 from dt_eva.runs.episodes import EPISODES, read_episode_rows, run_episode_rows, write_episode_rows
 from dt_eva.runs.guard import config_hash
 from dt_eva.runs.layout import RunPaths
+from dt_eva.runs.summary import RunSummary, read_summary
 from dt_eva.utils.io import atomic_write_text, load_json_object, read_metrics, read_text
 
 RESULTS = "results.csv"  # in the sweep's folder
@@ -209,15 +210,19 @@ def read_run_results(run_dir: str | Path) -> dict[str, Any]:
     """The measured values of a finished run: final / held-out loss, success (final evaluation and per
     evaluated step), EVA ranks and init time, seconds. Missing files or keys give empty values."""
     paths = RunPaths(run_dir)
-    summary, evaluation = read_json_object(paths.summary), read_json_object(paths.eval)
+    summary = read_summary(paths.root, problems=[]) or RunSummary()  # missing or damaged: no values
+    try:
+        evaluation = load_json_object(paths.eval) or {}
+    except ValueError:  # a damaged eval.json: no values
+        evaluation = {}
     mean = evaluation.get("mean") or {}
-    ranks = summary.get("adapter_ranks")
+    ranks = summary.adapter_ranks
     mean = mean if isinstance(mean, dict) else {}
-    out = {"final_loss": _number(summary.get("final_loss")), "seconds": _number(summary.get("seconds")),
+    out = {"final_loss": _number(summary.final_loss), "seconds": _number(summary.seconds),
            "success_any": _number(mean.get("success_any"), 0, 1), "success_final": _number(mean.get("success_final"), 0, 1),
-           "episodes": _count(evaluation.get("episodes")), "total_rank": _count(summary.get("total_rank")),
-           "eva_init_seconds": _number(summary.get("eva_init_seconds")), "precision": summary.get("precision"),
-           "eval_precision": evaluation.get("precision"), "cpu": " | ".join(summary.get("machines") or []) or None,
+           "episodes": _count(evaluation.get("episodes")), "total_rank": _count(summary.total_rank),
+           "eva_init_seconds": _number(summary.eva_init_seconds), "precision": summary.precision,
+           "eval_precision": evaluation.get("precision"), "cpu": " | ".join(summary.machines or []) or None,
            "adapter_ranks": json.dumps(ranks, separators=(",", ":")) if isinstance(ranks, dict) and ranks else None}
     by_step: dict[int, dict[str, Any]] = {}
     for record in read_metrics(paths.metrics):  # a resumed run logs some steps twice: the later line wins
@@ -233,14 +238,6 @@ def read_run_results(run_dir: str | Path) -> dict[str, Any]:
         eval_seconds += sum(_number(by_step[step].get(k)) or 0.0 for k in ("eval/seconds", "probe/seconds"))
     out["eval_seconds"] = eval_seconds if eval_seconds > 0 else None
     return out
-
-
-def read_json_object(path: Path) -> dict[str, Any]:
-    """The JSON object in `path`; {} when it is missing, unreadable or not an object."""
-    try:
-        return load_json_object(path) or {}
-    except ValueError:
-        return {}
 
 
 def _number(value: Any, low: float = -math.inf, high: float = math.inf) -> float | None:

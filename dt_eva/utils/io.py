@@ -171,15 +171,21 @@ def read_json(path: str | os.PathLike) -> Any:
     raise ValueError(f"{path} is corrupt ({reason})")
 
 
-def load_json_object(path: str | os.PathLike) -> dict[str, Any] | None:
-    """The JSON object in `path`; None when there is no such file. A file that cannot be read, is not
-    UTF-8 JSON or holds something other than an object raises `ValueError("<path> is corrupt (...)")`."""
+def load_json_object(path: str | os.PathLike, *, required: bool = False,
+                     error: type[ValueError] = ValueError) -> dict[str, Any] | None:
+    """The one JSON-object reader: the object in `path`. A missing file is None, or with `required` a
+    damaged one. A file that cannot be read, is not UTF-8 JSON, is nested too deeply or holds something
+    other than an object raises `error("<path> is corrupt (...)")`, `error` being the caller's kind of
+    `ValueError` (`DatasetError` for a dataset's files). Callers that collect problems wrap it."""
     path = Path(path)
-    if not path.is_file():
+    if not required and not path.is_file():
         return None
-    obj = read_json(path)
+    try:
+        obj = read_json(path)
+    except ValueError as e:
+        raise error(str(e)) from None
     if not isinstance(obj, dict):
-        raise ValueError(f"{path} is corrupt (not a JSON object)")
+        raise error(f"{path} is corrupt (not a JSON object)")
     return obj
 
 

@@ -2,8 +2,8 @@
 
 Every `.pt` file is read with `torch.load(weights_only=True)`: tensors, numbers, strings, lists,
 tuples and dicts only. A file that carries any other pickled object (the way a payload runs code on
-load) is refused with `UnsafeFileError`, and nothing in it executes. Checkpoints written by
-dt-eva 0.1.0 (format 1) hold NumPy arrays in their RNG state; NumPy's array reconstruction is
+load) is refused with `UnsafeFileError`, and nothing in it executes. Checkpoints of format 1 (legacy
+runs, written by dt-eva 0.1.0) hold NumPy arrays in their RNG state; NumPy's array reconstruction is
 allow-listed for them: it rebuilds plain data and its element objects go through the same filter.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 from dt_eva.utils.io import atomic_torch_save
 
 # 2: RNG and sampler state as tensors and plain data (weights_only loads it with no allow-list).
-# 1: dt-eva 0.1.0, NumPy arrays inside the RNG state.
+# 1: the legacy runs' (runs.layout.LEGACY_FORMAT), NumPy arrays inside the RNG state.
 CHECKPOINT_FORMAT = 2
 READABLE_CHECKPOINT_FORMATS = (1, 2)
 

@@ -26,11 +26,10 @@ from dt_eva.data.format import (
     TASK_FILE,
     UNKNOWN_KEY,
     DatasetError,
-    read_json,
     read_task_dir,
 )
 from dt_eva.envs.registry import EPISODE_LENGTH
-from dt_eva.utils.io import atomic_dir, atomic_write_json
+from dt_eva.utils.io import atomic_dir, atomic_write_json, load_json_object
 from dt_eva.utils.versions import library_versions
 
 #: What a batch from a source holds: [b, 200, ...] arrays, plus any of OPTIONAL_ARRAYS the source has.
@@ -222,7 +221,7 @@ def _check_out(out: Path) -> None:
 
 def _json_or_empty(path: Path) -> dict:
     try:
-        return read_json(path)
+        return load_json_object(path, required=True, error=DatasetError)
     except DatasetError:  # missing or damaged
         return {}
 
@@ -232,7 +231,7 @@ def _existing(task_dir: Path, source: TaskSource) -> dict | None:
     if not (task_dir / TASK_FILE).is_file():
         return None
     try:
-        if read_json(task_dir / TASK_FILE).get("source") != source.info:
+        if load_json_object(task_dir / TASK_FILE, required=True, error=DatasetError).get("source") != source.info:
             return None
         return read_task_dir(task_dir)[0]
     except DatasetError:

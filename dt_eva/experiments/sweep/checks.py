@@ -6,12 +6,12 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from dt_eva.config import config_diff, load_config
+from dt_eva.config import load_config
 from dt_eva.experiments.sweep.expand import SweepRun
 from dt_eva.experiments.sweep.spec import KINDS, SweepSpec, load_ref
-from dt_eva.runs.guard import check_resume_compatible, config_hash, plan_run_dir
-from dt_eva.runs.layout import LOCK, RunPaths
+from dt_eva.runs.guard import config_hash
 from dt_eva.runs.results import RESULTS, committed_results, measure_mismatch
+from dt_eva.runs.status import Rerun, plan_run
 
 
 def load_configs(spec: SweepSpec, runs: list[SweepRun]) -> None:
@@ -24,15 +24,20 @@ def load_configs(spec: SweepSpec, runs: list[SweepRun]) -> None:
             raise _naming(e, f"{spec.path}: run {run.name}: {e}") from None
 
 
+# a finished run is kept when it measured what the sweep asks for; an interrupted one is resumed
+SWEEP_RERUN = Rerun(finished="done", every_key=True,
+                    conflict="it finished in {root} with another config ({changes}); restore the sweep's settings, "
+                             "or give the sweep another out: (or delete that run)")
+
+
 def plan_statuses(spec: SweepSpec, runs: list[SweepRun]) -> None:
     """new / restart / resume / done for each run, from its directory; refuses a folder that is not our
     run, a finished run whose saved config differs from the requested one (the sweep file changed under
     it) and an interrupted one that could not resume."""
-    cls = load_ref(KINDS[spec.kind][0])
     committed = committed_results(spec.out / RESULTS)
     for run in runs:
         try:
-            run.status = _status(spec.kind, cls, run)
+            run.status = plan_run(run.run_dir, spec.kind, run.config, rerun=SWEEP_RERUN)
             row = committed.get(run.name, {})
             if run.status == "new" and row.get("config_hash") == config_hash(run.config):
                 changed = measure_mismatch(row, run.config)
@@ -43,26 +48,6 @@ def plan_statuses(spec: SweepSpec, runs: list[SweepRun]) -> None:
                 run.status = "done"  # finished in an earlier session: results.csv keeps its row
         except (ValueError, FileNotFoundError) as e:
             raise _naming(e, f"{spec.path}: run {run.name}: {e}") from None
-
-
-def _status(kind: str, cls: type, run: SweepRun) -> str:
-    paths = RunPaths(run.run_dir)
-    if not paths.root.is_dir() or all(p.name == LOCK for p in paths.root.iterdir()):
-        return "new"
-    plan = plan_run_dir(paths.root, kind, resume=True)  # refuses folders that are not our runs
-    saved = load_config(cls, paths.config) if paths.config.is_file() else None
-    if paths.summary.is_file():
-        diff = config_diff(saved, run.config) if saved is not None else {"config.yaml": ("missing", "")}
-        if diff:
-            changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
-            raise ValueError(f"it finished in {paths.root} with another config ({changes}); restore the sweep's "
-                             "settings, or give the sweep another out: (or delete that run)")
-        return "done"
-    if plan == "resume":
-        if saved is not None:
-            check_resume_compatible(saved, run.config, paths.root)
-        return "resume"
-    return "restart"
 
 
 def check_inputs(spec: SweepSpec, runs: list[SweepRun]) -> None:

@@ -7,7 +7,8 @@ import re
 
 from dt_eva.experiments.sweep.expand import SweepRun
 from dt_eva.runs.layout import RunPaths
-from dt_eva.runs.results import config_value, read_json_object
+from dt_eva.runs.results import config_value
+from dt_eva.runs.summary import RunSummary, read_summary
 from dt_eva.utils.io import read_metrics
 
 
@@ -17,9 +18,10 @@ def step_seconds(runs: list[SweepRun], committed: dict[str, dict] | None = None)
     folder is gone (a fresh clone) counts through its row in `committed` (`committed_results`)."""
     seconds = steps = count = 0
     for run in runs:
-        summary = read_json_object(RunPaths(run.run_dir).summary) if run.status == "done" else {}
-        row = (committed or {}).get(run.name, {}) if run.status == "done" else {}
-        measured = [(summary.get("seconds"), summary.get("steps")), (row.get("seconds"), row.get("steps"))]
+        done = run.status == "done"
+        summary = (read_summary(run.run_dir, problems=[]) if done else None) or RunSummary()  # damaged: unmeasured
+        row = (committed or {}).get(run.name, {}) if done else {}
+        measured = [(summary.seconds, summary.steps), (row.get("seconds"), row.get("steps"))]
         for run_seconds, run_steps in measured:
             try:
                 run_seconds, run_steps = float(run_seconds), int(run_steps)
