@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from dt_eva.config import load_config
-from dt_eva.experiments.common import run_experiment
+from dt_eva.experiments.common import distributed_session, holding
 from dt_eva.experiments.finetune import finish_finetune, prepare_finetune
 from dt_eva.runs.configs import FinetuneConfig
 from dt_eva.utils.io import atomic_write_text, read_metrics
@@ -63,7 +63,10 @@ def run_variant(name: str, overrides: list[str], args: argparse.Namespace, out: 
         setup.trainer.probe_fn = probe
         return setup
 
-    run_experiment(cfg, prepare, finish_finetune, resume=False, force=False)
+    with distributed_session(cfg.train.device) as dist:
+        setup = prepare(cfg, dist=dist)
+        with holding(setup.run):
+            finish_finetune(setup, setup.trainer.fit(resume=setup.resume))
     logged: dict[int, dict] = {}
     for record in read_metrics(run_dir / "metrics.jsonl"):  # a step's training and probe lines
         logged.setdefault(record["step"], {}).update(record)

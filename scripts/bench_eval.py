@@ -105,7 +105,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    from dt_eva.utils.precision import cpu_model
+    from dt_eva.utils.precision import cpu_model, resolve_model_precision
 
     # every figure names its CPU and date (docs/benchmarks.md)
     print(f"machine: {cpu_model()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
@@ -131,6 +131,7 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 
     target = 1000.0
+    autocast_dtype = resolve_model_precision(args.precision, args.device, next(model.parameters()).dtype)
     sims: list[float] = []
     evals: dict[int, list[float]] = {c: [] for c in cores}
     workers_used: dict[int, int] = {}
@@ -146,7 +147,7 @@ def main() -> None:
                 workers = 0 if c == 1 else (args.env_workers if args.env_workers is not None else default_env_workers(c))
                 result = evaluate_policy(model, tasks, episodes=args.episodes, seed=args.seed, target_returns=target,
                                          device=args.device, num_envs=n_envs, progress=False,
-                                         precision=args.precision, env_workers=workers)
+                                         autocast_dtype=autocast_dtype, env_workers=workers)
             finally:
                 os.sched_setaffinity(0, old)
             evals[c].append(result["env_steps_per_s"])

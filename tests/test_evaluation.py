@@ -242,7 +242,7 @@ def test_pipelined_evaluation_is_identical_to_unpipelined():
     """Envs stepped in worker processes while the model computes the other half: same episodes,
     bit for bit, as everything in this process (fp32 model, 5 envs; 1, 2 and 3 worker processes)."""
     model = tiny_dt(dtype=torch.float32)
-    kwargs = dict(episodes=3, seed=2, target_returns=900.0, num_envs=5, progress=False, precision="fp32")
+    kwargs = dict(episodes=3, seed=2, target_returns=900.0, num_envs=5, progress=False, autocast_dtype=None)
     plain = evaluate_policy(model, "reach,push", env_workers=0, **kwargs)
     assert plain["env_workers"] == 0 and plain["precision"] == "fp32"
     for workers in (1, 2, 3):
@@ -360,14 +360,20 @@ def test_fp32_rollout_equals_reference_and_bf16_rollout_stays_within_bf16_tolera
 
 
 def test_evaluate_policy_precision_argument(monkeypatch):
+    from dt_eva.experiments.evaluate import eval_autocast_dtype
     from dt_eva.utils import precision as precision_module
 
     model = tiny_dt(dtype=torch.float32)
     monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: False)
+    # the driver resolves the option once (evaluate_run); a forced slow bf16 or an unknown name fails there
     with pytest.raises(ValueError, match="no native bf16 matmuls"):
-        evaluate_policy(model, "reach", episodes=1, target_returns=1.0, precision="bf16", progress=False)
+        eval_autocast_dtype("bf16", "fp32", "cpu")
     with pytest.raises(ValueError, match="unknown precision 'half'"):
-        evaluate_policy(model, "reach", episodes=1, target_returns=1.0, precision="half", progress=False)
+        eval_autocast_dtype("half", "fp32", "cpu")
+    # evaluate_policy takes only the resolved dtype: an option would be a second place that resolves it
+    for option in ("auto", "bf16", "fp32", "half"):
+        with pytest.raises(TypeError, match="resolved autocast dtype"):
+            evaluate_policy(model, "reach", episodes=1, target_returns=1.0, autocast_dtype=option, progress=False)
     with pytest.raises(ValueError, match="env_workers must be a non-negative integer"):
         evaluate_policy(model, "reach", episodes=1, target_returns=1.0, env_workers=-1, progress=False)
 
@@ -410,7 +416,13 @@ def test_auto_precision_evaluates_a_float64_model_in_float64_on_a_bf16_cpu(monke
     monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: True)
     model = tiny_dt()
     kwargs = dict(episodes=1, seed=2, target_returns=900.0, num_envs=1, progress=False)
-    auto = evaluate_policy(model, ["reach"], precision="auto", **kwargs)
-    fp64 = evaluate_policy(model, ["reach"], precision="fp32", **kwargs)
+    from dt_eva.experiments.evaluate import eval_autocast_dtype
+
+    auto_dtype = eval_autocast_dtype("auto", "fp32", "cpu", torch.float64)  # what evaluate_run resolves for it
+    assert auto_dtype is None
+    auto = evaluate_policy(model, ["reach"], autocast_dtype=auto_dtype, **kwargs)
+    fp64 = evaluate_policy(model, ["reach"], autocast_dtype=eval_autocast_dtype("fp32", "fp32", "cpu"), **kwargs)
     assert auto["precision"] == "fp32"
     assert auto["tasks"] == fp64["tasks"]
+    with pytest.raises(ValueError, match=r"precision=bf16 needs a model with fp32 weights.*are float64"):
+        evaluate_policy(model, ["reach"], autocast_dtype=torch.bfloat16, **kwargs)

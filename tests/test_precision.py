@@ -145,3 +145,27 @@ def test_auto_runs_a_model_that_is_not_fp32_as_it_is(monkeypatch) -> None:
     assert resolve("bf16", CPU, torch.float32) == torch.bfloat16
     with pytest.raises(ValueError, match=r"precision=bf16 needs a model with fp32 weights.*are float64"):
         resolve("bf16", CPU, torch.float64)
+
+
+def test_only_the_drivers_resolve_precision(tmp_path) -> None:
+    # one path per setting: a driver resolves `train.precision` once per run and passes the dtype down;
+    # a floor below the drivers that turned "auto" into a dtype itself could disagree with it
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from dt_eva.training import Trainer, WholeModel
+    from dt_eva.training.configs import OptimConfig, TrainConfig
+
+    package = Path(precision_module.__file__).resolve().parents[1]
+    floors = [p for sub in ("training", "evaluation", "methods", "models", "adapters", "eva", "data", "runs")
+              for p in sorted((package / sub).rglob("*.py"))]
+    assert floors
+    resolving = [str(p.relative_to(package)) for p in floors
+                 if "resolve_precision(" in p.read_text() or "resolve_model_precision(" in p.read_text()]
+    assert not resolving, f"precision resolved below the drivers in {resolving}"
+    files = SimpleNamespace(last_checkpoint=tmp_path / "last.pt", metrics=tmp_path / "m.jsonl", tensorboard=tmp_path)
+    for option in ("auto", "bf16", "fp32"):
+        with pytest.raises(TypeError, match="resolved autocast dtype"):
+            Trainer(WholeModel(torch.nn.Linear(2, 2)), None, OptimConfig(), TrainConfig(), files, autocast_dtype=option)
+    with pytest.raises(TypeError, match="autocast_dtype"):  # no default that would resolve it for the caller
+        Trainer(WholeModel(torch.nn.Linear(2, 2)), None, OptimConfig(), TrainConfig(), files)

@@ -143,7 +143,7 @@ def test_loss_falls_and_hooks_run(dataset_path, tmp_path):
 
     trainer = Trainer(
         Counting(setup.trainer.model), setup.trainer.sampler, cfg.optim, cfg.train, setup.paths,
-        eval_fn=eval_fn, tensorboard=True,
+        autocast_dtype=setup.trainer.autocast_dtype, eval_fn=eval_fn, tensorboard=True,
     )
     result = trainer.fit()
     assert result.steps == 120 and calls["after"] == list(range(1, 121))
@@ -307,6 +307,8 @@ def test_ddp_two_cpu_processes_on_gloo(dataset_path, tmp_path):
     assert [r["backend"] for r in ranks] == ["gloo", "gloo"] and ranks[0]["world_size"] == 2
     a, b = ranks[0]["state"], ranks[1]["state"]
     assert all(torch.equal(a[k], b[k]) for k in a), "ranks diverged"
+    # the stop flag's all-reduce (and its host sync) runs at log steps only, on every rank alike
+    assert ranks[0]["stop_checks"] == ranks[1]["stop_checks"] == list(range(10, 81, 10))
     curve = losses(run_dir)
     assert sorted(curve) == list(range(10, 81, 10))  # only rank 0 logs
     # rank 0 evaluated online while rank 1 waited; eval.json holds the final evaluation

@@ -19,6 +19,7 @@ import functools
 import math
 import numbers
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -37,7 +38,7 @@ from dt_eva.evaluation.env_workers import (
 )
 from dt_eva.evaluation.rollout import eval_mode, model_device_dtype, rollout_groups
 from dt_eva.evaluation.slots import LayoutEnv, SlotPool, check_eval_seed, episode_layout, task_layouts
-from dt_eva.utils.precision import cpu_model, precision_name, resolve_model_precision
+from dt_eva.utils.precision import check_resolved, cpu_model, precision_name
 
 #: Lock-step envs when `num_envs` is None: all episodes at once up to this many (each env holds
 #: ~16 MB and costs ~0.25 s to build; beyond a few dozen the batched forward is already amortised).
@@ -47,21 +48,10 @@ FORWARD_GROUPS = 2
 
 
 def evaluate_policy(
-    model: nn.Module,
-    tasks: str | Iterable[str],
-    episodes: int = 30,
-    seed: int = 0,
-    target_returns: float | Mapping[str, float] | None = None,
-    rtg_scale: float = 200.0,
-    reward_scale: float = 200.0,
-    num_envs: int | None = None,
-    device: str = "cpu",
-    progress: bool = True,
-    video_dir: str | Path | None = None,
-    *,
-    dataset: Any = None,
-    asynchronous: bool = False,
-    precision: str = "auto",
+    model: nn.Module, tasks: str | Iterable[str], episodes: int = 30, seed: int = 0,
+    target_returns: float | Mapping[str, float] | None = None, rtg_scale: float = 200.0, reward_scale: float = 200.0,
+    num_envs: int | None = None, device: str = "cpu", progress: bool = True, video_dir: str | Path | None = None, *,
+    dataset: Any = None, asynchronous: bool = False, autocast_dtype: torch.dtype | None = None,
     env_workers: int | None = None,
 ) -> dict[str, Any]:
     """Roll out a Decision Transformer online on Meta-World; success and returns per task.
@@ -83,8 +73,9 @@ def evaluate_policy(
         dataset: an `OfflineDataset` or a dataset path, for the target returns.
         asynchronous: step envs in worker processes (one per env; gymnasium `AsyncVectorEnv`),
             without pipelining; overrides `env_workers`.
-        precision: "auto" (bf16 autocast where the hardware has native bf16 matmuls, else fp32),
-            "bf16" or "fp32"; see `dt_eva.utils.precision.resolve_precision`.
+        autocast_dtype: the run's resolved precision, `torch.bfloat16` (autocast) or None (fp32), as
+            the driver resolved it once (`dt_eva.utils.precision.resolve_model_precision`); a precision
+            option ("auto", ...) is a `TypeError`, bf16 for a model whose weights are not fp32 a `ValueError`.
         env_workers: worker processes that step the envs while the model runs (shared between the
             two halves of each chunk; the model computes one half while the other steps). 0: all in
             this process. None: `default_env_workers()`, i.e. 0 on one core, else one per core
@@ -96,6 +87,31 @@ def evaluate_policy(
     """
     start = time.perf_counter()
     task_list = resolve_tasks(tasks)
+    _check_arguments(tasks, task_list, episodes, seed, num_envs, rtg_scale, reward_scale, env_workers)
+    check_model_fits_envs(model)
+    targets = resolve_target_returns(task_list, target_returns, dataset)
+    check_resolved(autocast_dtype, model_device_dtype(model)[1])
+    workers = 0 if asynchronous else (default_env_workers() if env_workers is None else int(env_workers))
+
+    model.to(device)
+    jobs = [(task, j) for j in range(episodes) for task in task_list]  # episode-major: see module doc
+    chunk = min(len(jobs), num_envs or DEFAULT_MAX_ENVS)
+    played = _play(model, jobs, chunk, seed, targets, (rtg_scale, reward_scale), autocast_dtype,
+                   _LockstepEnvs(asynchronous, workers), progress)
+    out = _result(task_list, targets, played, episodes, seed, chunk, workers, autocast_dtype, device,
+                  (rtg_scale, reward_scale))
+    if video_dir is not None:
+        from dt_eva.evaluation.video import write_episode_gifs
+
+        first = [{"task": t, "layout": episode_layout(seed, 0), "actions": played.first_actions[t]} for t in task_list]
+        out["videos"] = write_episode_gifs(video_dir, first)
+    out["seconds"] = time.perf_counter() - start
+    return out
+
+
+def _check_arguments(tasks: Any, task_list: list[str], episodes: Any, seed: Any, num_envs: Any, rtg_scale: Any,
+                     reward_scale: Any, env_workers: Any) -> None:
+    """`ValueError` for the first argument of `evaluate_policy` out of its range, before anything is built."""
     if not task_list:
         raise ValueError(f"no tasks to evaluate in {tasks!r}; pass e.g. 'cw10' or 'hammer,push'")
     _check_positive_int("episodes", episodes)
@@ -107,26 +123,33 @@ def evaluate_policy(
             raise ValueError(f"{name} must be a positive number (the training data's scaling), got {value!r}")
     if env_workers is not None:
         _check_non_negative_int("env_workers", env_workers)
-    check_model_fits_envs(model)
-    targets = resolve_target_returns(task_list, target_returns, dataset)
-    autocast_dtype = resolve_model_precision(precision, device, model_device_dtype(model)[1])
-    workers = 0 if asynchronous else (default_env_workers() if env_workers is None else int(env_workers))
 
-    model.to(device)
-    jobs = [(task, j) for j in range(episodes) for task in task_list]  # episode-major: see module doc
-    chunk = min(len(jobs), num_envs or DEFAULT_MAX_ENVS)
-    returns = {t: np.zeros(episodes) for t in task_list}
-    successes = {t: np.zeros((episodes, EPISODE_LENGTH), dtype=bool) for t in task_list}
-    first_actions: dict[str, np.ndarray] = {}
-    rollout_seconds = 0.0
 
+@dataclass
+class _Played:
+    """Every episode's outcome per task: returns `[episodes]`, successes `[episodes, 200]`, the actions of
+    episode 0 (for the video), and the seconds spent in rollouts."""
+
+    returns: dict[str, np.ndarray]
+    successes: dict[str, np.ndarray]
+    first_actions: dict[str, np.ndarray] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _play(model: nn.Module, jobs: list[tuple[str, int]], chunk: int, seed: int, targets: dict[str, float],
+          scales: tuple[float, float], autocast_dtype: torch.dtype | None, envs: "_LockstepEnvs",
+          progress: bool) -> _Played:
+    """Play `jobs` ((task, episode) pairs) in lock-step chunks of `chunk` envs; `envs` is closed at the end."""
     from tqdm.auto import tqdm
 
+    episodes = 1 + max(j for _, j in jobs)
+    tasks = list(dict.fromkeys(t for t, _ in jobs))
+    played = _Played({t: np.zeros(episodes) for t in tasks},
+                     {t: np.zeros((episodes, EPISODE_LENGTH), dtype=bool) for t in tasks})
     bar = tqdm(total=len(jobs) * EPISODE_LENGTH, unit="step", desc="evaluate", disable=not progress, leave=False)
-    envs = _LockstepEnvs(asynchronous, workers)
     torch_threads = torch.get_num_threads()
-    if workers:  # leave the workers their cores (intra-op threads would spin against them)
-        torch.set_num_threads(max(1, min(torch_threads, usable_cores() - workers)))
+    if envs.workers:  # leave the workers their cores (intra-op threads would spin against them)
+        torch.set_num_threads(max(1, min(torch_threads, usable_cores() - envs.workers)))
     try:
         with eval_mode(model):
             for lo in range(0, len(jobs), chunk):
@@ -134,49 +157,43 @@ def evaluate_policy(
                 groups = envs.prepare(batch_jobs, seed)
                 t0 = time.perf_counter()
                 try:
-                    result = rollout_groups(
-                        model, groups, np.array([targets[t] for t, _ in batch_jobs]), rtg_scale, reward_scale,
-                        on_step=bar.update, autocast_dtype=autocast_dtype,
-                    )
+                    result = rollout_groups(model, groups, np.array([targets[t] for t, _ in batch_jobs]), *scales,
+                                            on_step=bar.update, autocast_dtype=autocast_dtype)
                 finally:
                     envs.release(groups)
-                rollout_seconds += time.perf_counter() - t0
+                played.seconds += time.perf_counter() - t0
                 for i, (task, j) in enumerate(batch_jobs):
-                    returns[task][j] = result.returns[i]
-                    successes[task][j] = result.successes[i]
+                    played.returns[task][j] = result.returns[i]
+                    played.successes[task][j] = result.successes[i]
                     if j == 0:
-                        first_actions[task] = result.actions[i]
+                        played.first_actions[task] = result.actions[i]
     finally:
         torch.set_num_threads(torch_threads)
         bar.close()
         envs.close()
+    return played
 
-    per_task = {t: summarize_task(returns[t], successes[t], targets[t]) for t in task_list}
-    out: dict[str, Any] = {
+
+def _result(tasks: list[str], targets: dict[str, float], played: "_Played", episodes: int, seed: int, chunk: int,
+            workers: int, autocast_dtype: torch.dtype | None, device: str,
+            scales: tuple[float, float]) -> dict[str, Any]:
+    """The result dict of `evaluate_policy` (docs/architecture.md, "Evaluation"), `seconds` still 0."""
+    per_task = {t: summarize_task(played.returns[t], played.successes[t], targets[t]) for t in tasks}
+    return {
         "tasks": per_task,
         "mean": mean_over_tasks(per_task),
         "episodes": int(episodes),
         "seed": int(seed),
         "seconds": 0.0,
-        "env_steps_per_s": len(jobs) * EPISODE_LENGTH / max(rollout_seconds, 1e-9),
+        "env_steps_per_s": len(tasks) * episodes * EPISODE_LENGTH / max(played.seconds, 1e-9),
         "num_envs": int(chunk),
         "env_workers": int(workers),
         "precision": precision_name(autocast_dtype),
         "device": str(device),
         "cpu": cpu_model(),
-        "rtg_scale": float(rtg_scale),
-        "reward_scale": float(reward_scale),
+        "rtg_scale": float(scales[0]),
+        "reward_scale": float(scales[1]),
     }
-    if video_dir is not None:
-        from dt_eva.evaluation.video import write_episode_gifs
-
-        videos = write_episode_gifs(
-            video_dir,
-            [{"task": t, "layout": episode_layout(seed, 0), "actions": first_actions[t]} for t in task_list],
-        )
-        out["videos"] = videos
-    out["seconds"] = time.perf_counter() - start
-    return out
 
 
 class _LockstepEnvs:

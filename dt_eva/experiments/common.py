@@ -1,10 +1,10 @@
-"""What the pre-training and fine-tuning drivers share: claiming the run directory on rank 0 without
-leaving other ranks waiting, the batch split, the evaluation callback and the summary file."""
+"""What the pre-training and fine-tuning drivers share: the DDP session, claiming the run directory on
+rank 0 without leaving other ranks waiting and holding it, the batch split and the evaluation callback."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Callable, Mapping, TypeVar
+import contextlib
+from typing import Any, Callable, ContextManager, Iterator, Mapping, TypeVar
 
 import torch
 
@@ -14,6 +14,7 @@ from dt_eva.runs.guard import OpenRun, open_run_dir
 from dt_eva.runs.status import plan_run as plan_run_status
 from dt_eva.runs.layout import RunPaths
 from dt_eva.training.distributed import DistContext, broadcast_object, init_distributed, shutdown_distributed
+from dt_eva.utils.precision import precision_name
 
 T = TypeVar("T")
 
@@ -80,35 +81,33 @@ def flatten_eval(result: Mapping[str, Any]) -> dict[str, float]:
 
 
 def make_eval_fn(tasks: list[str], targets: dict[str, float], data: Any, episodes: int, seed: int,
-                 device: torch.device, results: dict[int, dict], precision: str
+                 device: torch.device, results: dict[int, dict], autocast_dtype: torch.dtype | None
                  ) -> Callable[[torch.nn.Module, int], dict[str, float]]:
     """The Trainer's evaluation callback: online rollouts on `tasks` conditioned on `targets`, at the
-    run's resolved `precision` ("fp32" or "bf16": what training runs at, never re-resolved here);
+    run's resolved precision `autocast_dtype` (what training runs at, never re-resolved here);
     keeps each full result in `results[step]` and returns the flat scalars for the metrics."""
 
     def eval_fn(model: torch.nn.Module, step: int) -> dict[str, float]:
         result = evaluate_policy(
             model, tasks, episodes=episodes, seed=seed, target_returns=targets, rtg_scale=data.rtg_scale,
-            reward_scale=data.reward_scale, device=str(device), progress=False, precision=precision,
+            reward_scale=data.reward_scale, device=str(device), progress=False, autocast_dtype=autocast_dtype,
         )
-        results[step] = {**result, "train_precision": precision}
+        results[step] = {**result, "train_precision": precision_name(autocast_dtype)}
         return flatten_eval(result)
 
     return eval_fn
 
 
-def run_experiment(cfg: Any, prepare: Callable[..., Any], finish: Callable[[Any, Any], Any], resume: bool,
-                   force: bool) -> Path:
-    """The run wrapper of both drivers: set up DDP (when under torchrun), prepare (validate, claim the run
-    directory, build), train, finish; the run's lock is released and DDP shut down however it ends."""
-    dist = init_distributed(cfg.train.device)
+@contextlib.contextmanager
+def distributed_session(device_spec: str) -> Iterator[DistContext]:
+    """DDP for the life of a run (when under torchrun; else a one-process context), shut down however it ends."""
+    dist = init_distributed(device_spec)
     try:
-        setup = prepare(cfg, resume=resume, force=force, dist=dist)
-        try:
-            finish(setup, setup.trainer.fit(resume=setup.resume))
-        finally:
-            if setup.run is not None:
-                setup.run.close()
-        return setup.run_dir
+        yield dist
     finally:
         shutdown_distributed(dist)
+
+
+def holding(run: OpenRun | None) -> ContextManager[Any]:
+    """A `with` block that releases the run's lock (rank 0's `OpenRun`) however training ends; a no-op elsewhere."""
+    return contextlib.nullcontext() if run is None else run

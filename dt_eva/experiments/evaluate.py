@@ -15,13 +15,16 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
+import torch
+
 from dt_eva.envs import resolve_tasks
 from dt_eva.evaluation.evaluate import evaluate_policy
+from dt_eva.evaluation.rollout import model_device_dtype
 from dt_eva.runs.evals import new_eval_record, write_eval_record
 from dt_eva.runs.layout import RunPaths
 from dt_eva.runs.policy import load_run_model
 from dt_eva.utils.io import atomic_write_json, check_writable_dir, load_json_object
-from dt_eva.utils.precision import PRECISIONS, resolve_precision
+from dt_eva.utils.precision import PRECISIONS, resolve_model_precision, resolve_precision
 from dt_eva.utils.safefs import refuse_link
 
 
@@ -64,8 +67,8 @@ def evaluate_run(
 
     targets = _target_returns(info, task_list, target_return)
     trained_at = _trained_precision(paths, info)
-    if precision == "run":
-        precision = eval_precision_of_run(trained_at, device)
+    # the one place this evaluation's precision is resolved; evaluate_policy takes the dtype
+    autocast_dtype = eval_autocast_dtype(precision, trained_at, device, model_device_dtype(model)[1])
     result = evaluate_policy(
         model,
         task_list,
@@ -79,7 +82,7 @@ def evaluate_run(
         progress=progress,
         video_dir=paths.videos if video else None,
         asynchronous=asynchronous,
-        precision=precision,
+        autocast_dtype=autocast_dtype,
     )
     result["train_precision"] = trained_at if trained_at in ("fp32", "bf16") else None
     _save_result(run_dir, result, info)
@@ -125,7 +128,17 @@ def _trained_precision(paths: RunPaths, info: dict[str, Any]) -> str:
 
 def run_autocast_dtype(run_dir: str | Path, info: dict[str, Any], device: str = "cpu") -> Any:
     """The autocast dtype (or None: fp32) that evaluates the run of `run_dir` at its own precision."""
-    return resolve_precision(eval_precision_of_run(_trained_precision(RunPaths(run_dir), info), device), device)
+    return eval_autocast_dtype("run", _trained_precision(RunPaths(run_dir), info), device)
+
+
+def eval_autocast_dtype(precision: str, trained_at: str, device: str,
+                        weight_dtype: torch.dtype = torch.float32) -> torch.dtype | None:
+    """The autocast dtype (None: fp32) an evaluation runs at: `precision` "run" is the run's own
+    (`trained_at`, see `eval_precision_of_run`); "auto", "bf16" and "fp32" as in `resolve_model_precision`
+    for a model whose weights are `weight_dtype`."""
+    if precision == "run":
+        precision = eval_precision_of_run(trained_at, device)
+    return resolve_model_precision(precision, device, weight_dtype)
 
 
 def eval_precision_of_run(trained_at: str, device: str) -> str:

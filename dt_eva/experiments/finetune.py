@@ -27,7 +27,15 @@ from dt_eva.data import WindowSampler
 from dt_eva.envs import resolve_task
 from dt_eva.eva import EvaConfig
 from dt_eva.evaluation.offline import heldout_batches, heldout_loss
-from dt_eva.experiments.common import claim_run, local_batch_size, make_eval_fn, on_main, plan_run, run_experiment
+from dt_eva.experiments.common import (
+    claim_run,
+    distributed_session,
+    holding,
+    local_batch_size,
+    make_eval_fn,
+    on_main,
+    plan_run,
+)
 from dt_eva.experiments.eva_init import load_eva_result, run_eva, save_eva_artifacts
 from dt_eva.methods.model import MethodModel, adalora_ranks, build_method_model, check_rank_fits
 from dt_eva.methods.registry import MethodSpec, resolve_method
@@ -42,7 +50,7 @@ from dt_eva.training import Trainer, TrainResult
 from dt_eva.training.checkpoint import seed_everything
 from dt_eva.training.distributed import DistContext, barrier, rank_seed
 from dt_eva.utils.io import atomic_torch_save, atomic_write_json, load_json_object
-from dt_eva.utils.precision import precision_name, resolve_precision
+from dt_eva.utils.precision import resolve_precision
 
 KIND = "finetune"
 
@@ -70,8 +78,16 @@ class FinetuneSetup:
 
 
 def run_finetune(cfg: FinetuneConfig, resume: bool = False, force: bool = False) -> Path:
-    """Fine-tune (or `resume` an interrupted run; `force` replaces an existing one); returns the run dir."""
-    return run_experiment(cfg, prepare_finetune, finish_finetune, resume, force)
+    """Fine-tune (or `resume` an interrupted run; `force` replaces an existing one); returns the run dir.
+
+    Under torchrun every rank calls this; only rank 0 writes files.
+    """
+    with distributed_session(cfg.train.device) as dist:
+        setup = prepare_finetune(cfg, resume=resume, force=force, dist=dist)  # validate, EVA, claim the run, build
+        with holding(setup.run):  # the run's lock is released however training ends
+            result = setup.trainer.fit(resume=setup.resume)
+            finish_finetune(setup, result)
+    return setup.run_dir
 
 
 @dataclass
@@ -120,7 +136,6 @@ def validate(cfg: FinetuneConfig) -> Validated:
 def _largest_rank(cfg: FinetuneConfig, spec: MethodSpec) -> tuple[int, str]:
     """The largest rank the method will ask of any single target layer, and how to name it."""
     if spec.eva:
-
         return (EvaConfig(rank=cfg.rank, rho=float(cfg.rho)).num_components,
                 f"EVA's components per layer round(rho * rank) = round({cfg.rho:g} * {cfg.rank})")
     if spec.kind == "adalora":
@@ -135,6 +150,7 @@ def prepare_finetune(cfg: FinetuneConfig, resume: bool = False, force: bool = Fa
     paths = RunPaths(cfg.resolved_run_dir)
     # 1. validate everything before the disk is touched
     batch = local_batch_size(cfg.train.batch_size, dist.world_size)
+    # the run's precision, resolved once here: EVA, training and every evaluation receive this dtype
     autocast_dtype = resolve_precision(cfg.train.precision, dist.device)  # a bf16 the device lacks fails here
     v = validate(cfg)
     plan = plan_run(dist, cfg, paths, KIND, resume, force)
@@ -168,7 +184,6 @@ def _eva_for_run(cfg: FinetuneConfig, v: Validated, paths: RunPaths, dist: DistC
 
 def _build_trainer(cfg: FinetuneConfig, v: Validated, mm: MethodModel, paths: RunPaths, dist: DistContext,
                    batch: int, autocast_dtype: torch.dtype | None) -> tuple[Trainer, dict[int, dict]]:
-
     seed_everything(rank_seed(cfg.seed, dist.rank))
     model_cfg = v.base.model_cfg
     sampler = WindowSampler(v.dataset, model_cfg.context_len, batch, rtg_scale=cfg.data.rtg_scale,
@@ -178,9 +193,10 @@ def _build_trainer(cfg: FinetuneConfig, v: Validated, mm: MethodModel, paths: Ru
         # evaluate once, at the last step, through the loop: metrics.jsonl and TensorBoard get it too
         train_cfg = dataclasses.replace(train_cfg, eval_every=train_cfg.steps)
     eval_results: dict[int, dict] = {}
-    eval_fn = _eval_callback(cfg, v, dist, eval_results, autocast_dtype) \
+    heldout_fn = _heldout_callback(cfg, v, autocast_dtype) if dist.is_main else None  # its batches built once
+    eval_fn = _eval_callback(cfg, v, dist, eval_results, autocast_dtype, heldout_fn) \
         if train_cfg.eval_every > 0 and dist.is_main else None
-    probe_fn = _heldout_callback(cfg, v, autocast_dtype) if train_cfg.probe_every > 0 and dist.is_main else None
+    probe_fn = heldout_fn if train_cfg.probe_every > 0 else None
     trainer = Trainer(
         mm, sampler, cfg.optim, train_cfg, paths, dist=dist, eval_fn=eval_fn, probe_fn=probe_fn,
         autocast_dtype=autocast_dtype,
@@ -192,16 +208,15 @@ def _build_trainer(cfg: FinetuneConfig, v: Validated, mm: MethodModel, paths: Ru
 
 
 def _eval_callback(cfg: FinetuneConfig, v: Validated, dist: DistContext, results: dict[int, dict],
-                   autocast_dtype: torch.dtype | None) -> Any:
-    """Online success on the task (`train.eval_episodes` > 0) and the held-out action MSE (`heldout_path`),
-    both at the run's precision."""
+                   autocast_dtype: torch.dtype | None, heldout_fn: Any) -> Any:
+    """Online success on the task (`train.eval_episodes` > 0) and the held-out action MSE (`heldout_fn`,
+    None without `heldout_path`), both at the run's precision."""
     parts = []
     if cfg.train.eval_episodes > 0:
         parts.append(make_eval_fn([v.task], target_returns(v.dataset, [v.task]), cfg.data, cfg.train.eval_episodes,
-                                  cfg.seed, dist.device, results, precision_name(autocast_dtype)))
-    probe = _heldout_callback(cfg, v, autocast_dtype)
-    if probe is not None:
-        parts.append(probe)
+                                  cfg.seed, dist.device, results, autocast_dtype))
+    if heldout_fn is not None:
+        parts.append(heldout_fn)
     if not parts:
         return None
     return lambda model, step: {k: val for part in parts for k, val in part(model, step).items()}
@@ -227,7 +242,6 @@ def finish_finetune(setup: FinetuneSetup, result: TrainResult) -> dict:
     if trainer.dist.is_main:
         if not finished_before:
             if mm.spec.kind == "adapter":
-
                 save_adapters(mm.model, paths.adapters)
         if cfg.export_merged and not paths.merged_model.is_file():
             atomic_torch_save(mm.merged_state_dict(), paths.merged_model)

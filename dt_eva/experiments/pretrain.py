@@ -16,7 +16,14 @@ import torch
 
 from dt_eva.data import WindowSampler, load_dataset
 from dt_eva.envs import resolve_tasks
-from dt_eva.experiments.common import claim_run, local_batch_size, make_eval_fn, plan_run, run_experiment
+from dt_eva.experiments.common import (
+    claim_run,
+    distributed_session,
+    holding,
+    local_batch_size,
+    make_eval_fn,
+    plan_run,
+)
 from dt_eva.models import DecisionTransformer
 from dt_eva.runs.configs import PretrainConfig
 from dt_eva.runs.evals import write_eval_record
@@ -27,7 +34,7 @@ from dt_eva.training import Trainer, TrainResult, WholeModel
 from dt_eva.training.checkpoint import seed_everything
 from dt_eva.training.distributed import DistContext, barrier, rank_seed
 from dt_eva.utils.io import atomic_write_json, load_json_object
-from dt_eva.utils.precision import precision_name, resolve_precision
+from dt_eva.utils.precision import resolve_precision
 
 KIND = "pretrain"
 
@@ -54,12 +61,16 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False, force: bool = False)
 
     Under torchrun every rank calls this; only rank 0 writes files.
     """
-    return run_experiment(cfg, prepare_pretrain, finish_pretrain, resume, force)
+    with distributed_session(cfg.train.device) as dist:
+        setup = prepare_pretrain(cfg, resume=resume, force=force, dist=dist)  # validate, claim the run, build
+        with holding(setup.run):  # the run's lock is released however training ends
+            result = setup.trainer.fit(resume=setup.resume)
+            finish_pretrain(setup, result)
+    return setup.run_dir
 
 
 def load_pretrain_dataset(cfg: PretrainConfig) -> Any:
     """The training data, checked against the model's state / action sizes."""
-
     dataset = load_dataset(cfg.data.path, tasks=cfg.data.tasks)
     if (dataset.state_dim, dataset.act_dim) != (cfg.model.state_dim, cfg.model.act_dim):
         raise ValueError(
@@ -89,11 +100,11 @@ def eval_targets(cfg: PretrainConfig, dataset: Any) -> dict[str, float]:
 def prepare_pretrain(cfg: PretrainConfig, resume: bool = False, force: bool = False,
                      dist: DistContext | None = None) -> PretrainSetup:
     """Validate everything, then claim the run directory and build the `Trainer` (collective under DDP)."""
-
     dist = dist or DistContext(device=torch.device("cpu"))
     paths = RunPaths(cfg.resolved_run_dir)
     # 1. validate: nothing is created or deleted before every check has passed
     batch = local_batch_size(cfg.train.batch_size, dist.world_size)
+    # the run's precision, resolved once here: training and every evaluation receive this dtype
     autocast_dtype = resolve_precision(cfg.train.precision, dist.device)  # a bf16 the device lacks fails here
     dataset = load_pretrain_dataset(cfg)
     targets = eval_targets(cfg, dataset)
@@ -110,7 +121,7 @@ def prepare_pretrain(cfg: PretrainConfig, resume: bool = False, force: bool = Fa
     eval_fn = None
     if cfg.train.eval_every > 0 and targets and dist.is_main:
         eval_fn = make_eval_fn(list(targets), targets, cfg.data, cfg.train.eval_episodes, cfg.seed, dist.device,
-                               eval_results, precision_name(autocast_dtype))
+                               eval_results, autocast_dtype)
     trainer = Trainer(
         WholeModel(model), sampler, cfg.optim, cfg.train, paths, dist=dist, eval_fn=eval_fn,
         autocast_dtype=autocast_dtype,

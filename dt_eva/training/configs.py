@@ -67,7 +67,7 @@ class TrainConfig:
     probe_every: int = 0  # the cheap offline probe (e.g. the held-out loss) every N steps; 0 = at eval steps only
     eval_tasks: list[str] = field(default_factory=list)
     eval_episodes: int = 10  # episodes per evaluation task
-    precision: str = "auto"  # "auto" (bf16 autocast on CUDA with bf16 support, else fp32) | "bf16" | "fp32"
+    precision: str = "auto"  # "auto" (bf16 autocast where the GPU or CPU has native bf16, else fp32) | "bf16" | "fp32"
     device: str = "auto"  # "auto" (CUDA when available) | "cpu" | "cuda" | "cuda:N"
     progress: bool = True  # tqdm progress bar (rank 0 only)
 

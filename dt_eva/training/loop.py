@@ -32,7 +32,7 @@ from .configs import OptimConfig, TrainConfig
 from .distributed import DistContext, all_gather_objects, all_reduce_mean, any_rank, barrier
 from .metrics import MetricsLogger
 from .optim import build_optimizer, weight_decay_param_groups
-from dt_eva.utils.precision import autocast, cpu_model, precision_name, resolve_precision
+from dt_eva.utils.precision import autocast, check_resolved, cpu_model, precision_name
 from .schedule import build_scheduler
 
 
@@ -187,13 +187,13 @@ class Trainer:
         train: TrainConfig,
         files: TrainerFiles,
         *,
+        autocast_dtype: torch.dtype | None,
         dist: DistContext | None = None,
         eval_fn: Callable[[nn.Module, int], Mapping[str, float]] | None = None,
         probe_fn: Callable[[nn.Module, int], Mapping[str, float]] | None = None,
         tokens_per_sample: int | None = None,
         find_unused_parameters: bool = False,
         tensorboard: bool = True,
-        autocast_dtype: torch.dtype | None | str = "from_config",
     ) -> None:
         self.dist = dist or DistContext()
         self.device = self.dist.device
@@ -208,10 +208,8 @@ class Trainer:
         self.probe_fn = probe_fn
         self.tokens_per_sample = tokens_per_sample
         self.tensorboard = tensorboard
-        # The drivers resolve the run's precision once and hand it to the training step and to every
-        # evaluation; a Trainer built on its own resolves `train.precision` itself.
-        self.autocast_dtype = resolve_precision(train.precision, self.device) if autocast_dtype == "from_config" \
-            else autocast_dtype
+        # the driver resolved `train.precision` once for the run; the loop takes the dtype, never the option
+        self.autocast_dtype = check_resolved(autocast_dtype)
         self.machines = [cpu_model()]
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True  # the fp32 parts outside autocast
@@ -222,22 +220,24 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, optim.lr, optim.warmup_steps, train.steps, optim.min_lr)
         self._params = [p for g in self.optimizer.param_groups for p in g["params"]]
 
-        loss_module: nn.Module = _LossModule(self.model, trainable.loss)
-        if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
-            loss_module = DistributedDataParallel(
-                loss_module,
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=find_unused_parameters,
-            )
-        self.loss_module = loss_module
+        self.loss_module = self._loss_module(trainable, find_unused_parameters)
 
         self.step = 0
         self._elapsed_before = 0.0  # training seconds of earlier sessions (from the checkpoint)
         self._last_loss = float("nan")
         self._last_eval: dict[str, float] = {}
         self._stop_signal: int | None = None
+
+    def _loss_module(self, trainable: Trainable, find_unused_parameters: bool) -> nn.Module:
+        """The trainable's loss as a module, wrapped in DistributedDataParallel under DDP."""
+        loss_module: nn.Module = _LossModule(self.model, trainable.loss)
+        if not self.dist.enabled:
+            return loss_module
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(loss_module, device_ids=device_ids,
+                                       find_unused_parameters=find_unused_parameters)
 
     # --- checkpoints ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -350,7 +350,7 @@ class Trainer:
         do_ckpt = step % cfg.ckpt_every == 0 or is_last
         # Decided identically on every rank: the loss check below is a collective under DDP.
         at_eval_step = cfg.eval_every > 0 and (step % cfg.eval_every == 0 or is_last)
-        stop = any_rank(self.dist, self._stop_signal is not None)
+        stop = self._stop_requested(at_log_step=do_log)
         if window.pending and (do_log or do_ckpt or at_eval_step or stop):
             window.losses.extend(self._checked_losses(window.pending, step))
             window.pending = []
@@ -367,6 +367,14 @@ class Trainer:
             window.restart_clock()
         if stop and not is_last:
             raise TrainingInterrupted(step, self.checkpoint_path)
+
+    def _stop_requested(self, at_log_step: bool) -> bool:
+        """Whether a SIGINT / SIGTERM asks the loop to stop after this step. In one process that is read
+        every step; under DDP the ranks agree on it (an all-reduce and a host sync) at log steps only, so
+        there a stop takes effect at the next log step (at most `train.log_every` steps later)."""
+        if not self.dist.enabled:
+            return self._stop_signal is not None
+        return at_log_step and any_rank(self.dist, self._stop_signal is not None)
 
     def _log(self, window: "_Window", logger: MetricsLogger | None, bar: Any) -> None:
         self._last_loss = sum(window.losses) / len(window.losses)

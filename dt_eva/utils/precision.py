@@ -142,7 +142,30 @@ def resolve_model_precision(precision: str, device: torch.device | str, weight_d
         return dtype
     if precision == "auto":
         return None
-    raise ValueError(
+    raise _needs_fp32_weights(weight_dtype)
+
+
+def check_resolved(dtype: object, weight_dtype: torch.dtype = torch.float32) -> torch.dtype | None:
+    """`dtype` as the floors below the drivers take it: a resolved autocast dtype (`torch.bfloat16`) or None
+    (fp32), for a model whose weights are `weight_dtype`.
+
+    A precision option ("auto", "bf16", "fp32") is a `TypeError`: the driver resolves it once per run
+    (`resolve_precision` / `resolve_model_precision`) and passes the result down, so that no two places
+    can turn "auto" into different dtypes. bf16 for weights that are not fp32 is the `ValueError` of
+    `resolve_model_precision`.
+    """
+    if dtype is not None and not isinstance(dtype, torch.dtype):
+        raise TypeError(
+            f"expected a resolved autocast dtype (torch.bfloat16 or None for fp32), got {dtype!r}: resolve the "
+            "precision option once per run with dt_eva.utils.precision.resolve_precision and pass its result"
+        )
+    if dtype is not None and weight_dtype != torch.float32:
+        raise _needs_fp32_weights(weight_dtype)
+    return dtype
+
+
+def _needs_fp32_weights(weight_dtype: torch.dtype) -> ValueError:
+    return ValueError(
         f"precision=bf16 needs a model with fp32 weights (autocast only lowers fp32 ops); this model's weights "
         f"are {str(weight_dtype).replace('torch.', '')}: use precision=auto or fp32, or pass model.float()"
     )
