@@ -23,7 +23,8 @@ from dt_eva.evaluation.rollout import model_device_dtype
 from dt_eva.runs.evals import new_eval_record, write_eval_record
 from dt_eva.runs.layout import RunPaths
 from dt_eva.runs.policy import load_run_model
-from dt_eva.utils.io import atomic_write_json, check_writable_dir, load_json_object
+from dt_eva.runs.summary import read_summary
+from dt_eva.utils.io import atomic_write_json, check_writable_dir
 from dt_eva.utils.precision import PRECISIONS, resolve_model_precision, resolve_precision
 from dt_eva.utils.safefs import refuse_link
 
@@ -118,9 +119,9 @@ def _save_result(run_dir: Path, result: dict[str, Any], info: dict[str, Any]) ->
 def _trained_precision(paths: RunPaths, info: dict[str, Any]) -> str:
     """What the run trained at: fp32 / bf16 from its summary, else its `train.precision` setting (auto for
     runs that predate the setting)."""
-    summary = load_json_object(paths.summary) if paths.summary.is_file() else None
-    if summary and summary.get("precision") in ("fp32", "bf16"):
-        return str(summary["precision"])
+    summary = read_summary(paths.root)
+    if summary is not None and summary.precision in ("fp32", "bf16"):
+        return str(summary.precision)
     train = (info.get("config") or {}).get("train") or {}
     setting = train.get("precision") if isinstance(train, dict) else None
     return setting if setting in PRECISIONS else "auto"
