@@ -22,14 +22,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
-
-import numpy as np
 
 import dt_eva
 from dt_eva.config import config_diff, load_config
@@ -41,7 +38,7 @@ from dt_eva.experiments.evaluate import evaluate_run, run_autocast_dtype
 from dt_eva.experiments.finetune import run_finetune
 from dt_eva.experiments.pretrain import run_pretrain
 from dt_eva.methods.registry import resolve_method
-from dt_eva.reporting import build_report, wilson_interval
+from dt_eva.reporting import build_report, mean_se, wilson_interval
 from dt_eva.runs.base import file_sha256
 from dt_eva.runs.configs import FinetuneConfig, PretrainConfig
 from dt_eva.runs.guard import RESUME_MUTABLE_KEYS, config_hash, plan_run_dir, stable_hash
@@ -280,7 +277,8 @@ def heldout_loss(run_dir: Path, data_path: Path, task: str) -> dict[str, Any]:
                               batch_size=EPISODE_LENGTH // k)
     dtype = run_autocast_dtype(run_dir, info)  # the precision the run trained and is evaluated at
     per_episode = [offline_loss(model, [batch], dtype) for batch in batches]
-    return {"mse_per_episode": per_episode, **mean_and_se(per_episode)}
+    mse = mean_se(per_episode)
+    return {"mse_per_episode": per_episode, "mean": mse.mean, "se": mse.se, "n": mse.n}
 
 
 def evaluate(name: str, run_dir: Path, paths: DemoPaths, settings: DemoSettings, target: float, progress: bool,
@@ -311,13 +309,6 @@ def make_report(paths: DemoPaths, out: dict[str, Any]) -> str:
 
 
 # --- uncertainty -----------------------------------------------------------------------------------
-def mean_and_se(values: list[float]) -> dict[str, float | None]:
-    """Mean and standard error std(ddof=1) / sqrt(n) (None for a single value)."""
-    x = np.asarray(values, dtype=np.float64)
-    se = float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else None
-    return {"mean": float(x.mean()), "se": se, "n": int(len(x))}
-
-
 def compare(records: dict[str, dict]) -> dict[str, dict[str, Any]]:
     """Per model: success at any / the final step with its Wilson 95 % interval, and the held-out loss."""
     out: dict[str, dict[str, Any]] = {}
