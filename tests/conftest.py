@@ -38,6 +38,6 @@ def collected_reach_window(tmp_path_factory):
 def _few_rliable_resamples(monkeypatch):
     """rliable's stratified bootstrap (2,000 resamples per interval) dominates a study report's time; tests
     check its point estimates and the sections' shape, which do not depend on the number of resamples."""
-    import dt_eva.reporting.study_rliable as study_rliable
+    import dt_eva.reporting.study.rliable as study_rliable
 
     monkeypatch.setattr(study_rliable, "REPS", 50)

@@ -21,8 +21,8 @@ from dt_eva.experiments.demo import (
     finetune_config,
     pretrain_config,
     run_demo,
-    wilson_interval,
 )
+from dt_eva.reporting import wilson_interval
 from dt_eva.runs.configs import FinetuneConfig, PretrainConfig
 from dt_eva.runs.guard import config_hash
 

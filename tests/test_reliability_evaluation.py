@@ -308,14 +308,14 @@ def test_corrupt_summary_is_reported_as_corrupt_not_missing(legacy, capsys):
 
 
 def test_interrupted_report_leaves_no_half_written_folder(legacy, monkeypatch):
-    import dt_eva.reporting.curves as curves
+    import dt_eva.reporting.run_report.report as run_report
 
     out = legacy / "report"
 
     def interrupted(*args, **kwargs):  # Ctrl-C after the tables were written, while plotting
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(curves, "plot_learning_curves", interrupted)
+    monkeypatch.setattr(run_report, "plot_learning_curves", interrupted)
     assert main(["report", str(legacy / "runs"), "--out", str(out)]) == 130
     assert not out.exists()
     assert not [p for p in legacy.iterdir() if p.name.startswith(".report")]  # no temporaries either
@@ -323,7 +323,7 @@ def test_interrupted_report_leaves_no_half_written_folder(legacy, monkeypatch):
     monkeypatch.undo()
     assert main(["report", str(legacy / "runs"), "--out", str(out), "--no-plots"]) == 0
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    monkeypatch.setattr(curves, "plot_learning_curves", interrupted)
+    monkeypatch.setattr(run_report, "plot_learning_curves", interrupted)
     assert main(["report", str(legacy / "runs"), "--out", str(out)]) == 130
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # the old report, whole
 

@@ -17,8 +17,8 @@ import yaml
 from dt_eva.cli import main
 from dt_eva.data import collect_dataset
 from dt_eva.experiments.sweep import plan_sweep, run_sweep
-from dt_eva.reporting.report import build_report
-from dt_eva.reporting.study_rows import read_study
+from dt_eva.reporting.run_report import build_report
+from dt_eva.reporting.study.rows import read_study
 from dt_eva.runs.lock import RunLock, RunLockedError
 from dt_eva.runs.records import find_run_dirs
 

@@ -232,7 +232,7 @@ def test_report_is_written_atomically_and_bad_input_is_refused(results, tmp_path
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("dt_eva.reporting.study_report.plot_curves", broken)
+    monkeypatch.setattr("dt_eva.reporting.study.report.plot_curves", broken)
     with pytest.raises(OSError, match="disk full"):  # fails half-way through writing the new report
         build_study_report(results, out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the old report, whole
@@ -323,9 +323,10 @@ def test_task_level_bootstrap_resamples_tasks_then_seeds(results, tmp_path):
 def test_ordering_against_the_paper_matches_scipy_and_a_plain_bootstrap_loop(tmp_path):
     from scipy.stats import spearmanr
 
-    from dt_eva.reporting.study_ordering import ordering_markdown, ordering_vs_paper
-    from dt_eva.reporting.study_rows import read_study
-    from dt_eva.reporting.study_tables import PAPER_TABLE6_AVG, study_tables
+    from dt_eva.reporting.common.paper import PAPER_TABLE6_AVG
+    from dt_eva.reporting.study.ordering import ordering_markdown, ordering_vs_paper
+    from dt_eva.reporting.study.rows import read_study
+    from dt_eva.reporting.study.tables import study_tables
 
     methods, tasks = ["fft", "lora", "eva", "dora"], ["hammer", "push", "push-wall", "faucet-close", "stick-pull"]
     rng = np.random.default_rng(3)

@@ -14,7 +14,7 @@ from scipy import stats
 
 from dt_eva.cli import main
 from dt_eva.reporting import build_study_report
-from dt_eva.reporting.study_stats import holm, sign_flip_test
+from dt_eva.reporting.study.stats import holm, sign_flip_test
 from dt_eva.runs.results import TAIL
 
 BASE = ["name", "status", "task", "method", "rank", "rho", "seed", "lr", "steps", "final_loss", "heldout_loss",

@@ -31,8 +31,8 @@ def default_out_dir(first_path: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dt_eva.reporting.study_power import DEFAULT_DELTAS, check_deltas
-    from dt_eva.reporting.study_report import results_csvs_of
+    from dt_eva.reporting.study import results_csvs_of
+    from dt_eva.reporting.study.power import DEFAULT_DELTAS, check_deltas
 
     out = Path(args.out) if args.out else default_out_dir(args.runs[0])
     deltas = check_deltas(args.power_delta or list(DEFAULT_DELTAS))
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def study(results: list[str], out: Path, plots: bool, deltas: list[float]) -> int:
-    from dt_eva.reporting.study_report import build_study_report
+    from dt_eva.reporting.study import build_study_report
 
     report = build_study_report(results, out, plots=plots, power_deltas=deltas)
     print(report["header"] + "\n")

@@ -22,25 +22,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-import torch
-
 import dt_eva
 from dt_eva.config import load_config
-from dt_eva.data import WindowSampler, collect_dataset, load_dataset
+from dt_eva.data import collect_dataset, load_dataset
 from dt_eva.envs import CW10, EPISODE_LENGTH, resolve_task, short_name
+from dt_eva.evaluation.offline import heldout_batches
+from dt_eva.evaluation.offline import heldout_loss as offline_loss
 from dt_eva.experiments.evaluate import evaluate_run, run_autocast_dtype
 from dt_eva.experiments.finetune import run_finetune
 from dt_eva.experiments.pretrain import run_pretrain
 from dt_eva.methods.registry import resolve_method
-from dt_eva.reporting import build_report
+from dt_eva.reporting import build_report, mean_se, wilson_interval
 from dt_eva.runs.base import file_sha256
 from dt_eva.runs.configs import FinetuneConfig, PretrainConfig
 from dt_eva.runs.guard import config_hash, stable_hash
@@ -49,13 +47,11 @@ from dt_eva.runs.marker import read_meta
 from dt_eva.runs.policy import load_run_model, target_returns
 from dt_eva.runs.status import Rerun, plan_run
 from dt_eva.utils.io import atomic_write_json
-from dt_eva.utils.precision import autocast
 
 DEFAULT_WORKDIR = "runs/demo"
 DEFAULT_FAST_WORKDIR = "runs/demo-fast"
 DEMO_METHODS = ("lora", "eva")
 PRESETS = Path(dt_eva.__file__).resolve().parent.parent / "configs"  # the tiny presets of the source tree
-Z_95 = 1.959963984540054  # two-sided 95 % normal quantile
 STUDY_LINE = ("This is one small comparison (one task, one seed, one budget); the CW10 study (docs/results.md) "
               "is where methods are compared with several seeds and tasks.")
 # The study's verdict so far, in one line (docs/results.md, "Verdict"; update it with the study).
@@ -268,19 +264,17 @@ def train(plan: str, cfg: Any, runner: Callable[..., Path]) -> str:
 
 def heldout_loss(run_dir: Path, data_path: Path, task: str) -> dict[str, Any]:
     """Action MSE of the run's policy on held-out episodes of `task`: per episode, the training loss
-    (without dropout) over the non-overlapping K-step windows that tile it."""
+    (without dropout) over the non-overlapping K-step windows that tile it (`evaluation.offline`)."""
     model, info = load_run_model(run_dir)
     dataset = load_dataset(data_path, tasks=[task])
     k = model.cfg.context_len
-    sampler = WindowSampler(dataset, k, 1, rtg_scale=info["rtg_scale"], reward_scale=info["reward_scale"])
-    starts = np.arange(0, EPISODE_LENGTH - k + 1, k)
-    per_episode = []
+    # one batch per episode: its EPISODE_LENGTH // K windows
+    batches = heldout_batches(dataset, task, k, rtg_scale=info["rtg_scale"], reward_scale=info["reward_scale"],
+                              batch_size=EPISODE_LENGTH // k)
     dtype = run_autocast_dtype(run_dir, info)  # the precision the run trained and is evaluated at
-    with torch.no_grad(), autocast("cpu", dtype):
-        for episode in range(dataset.num_episodes(task)):
-            batch = sampler.gather(np.zeros_like(starts), np.full_like(starts, episode), starts)
-            per_episode.append(float(model.loss(batch)))
-    return {"mse_per_episode": per_episode, **mean_and_se(per_episode)}
+    per_episode = [offline_loss(model, [batch], dtype) for batch in batches]
+    mse = mean_se(per_episode)
+    return {"mse_per_episode": per_episode, "mean": mse.mean, "se": mse.se, "n": mse.n}
 
 
 def evaluate(name: str, run_dir: Path, paths: DemoPaths, settings: DemoSettings, target: float, progress: bool,
@@ -311,24 +305,6 @@ def make_report(paths: DemoPaths, out: dict[str, Any]) -> str:
 
 
 # --- uncertainty -----------------------------------------------------------------------------------
-def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, float]:
-    """Wilson score interval of a success rate `successes / n`. Unlike p ± z·SE it stays inside
-    [0, 1] and is not empty at 0/n or n/n, which a few dozen episodes often give."""
-    if n < 1:
-        raise ValueError(f"an interval needs at least one episode, got n={n}")
-    p, z2 = successes / n, z * z
-    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
-    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def mean_and_se(values: list[float]) -> dict[str, float | None]:
-    """Mean and standard error std(ddof=1) / sqrt(n) (None for a single value)."""
-    x = np.asarray(values, dtype=np.float64)
-    se = float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else None
-    return {"mean": float(x.mean()), "se": se, "n": int(len(x))}
-
-
 def compare(records: dict[str, dict]) -> dict[str, dict[str, Any]]:
     """Per model: success at any / the final step with its Wilson 95 % interval, and the held-out loss."""
     out: dict[str, dict[str, Any]] = {}

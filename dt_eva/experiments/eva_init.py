@@ -37,7 +37,7 @@ def eva_config_of(cfg: FinetuneConfig) -> EvaConfig:
 def save_eva_artifacts(result: Any, eva_dir: Path, extra: dict[str, Any] | None = None) -> Path:
     """Write `eva_dir/` in one atomic step: `result.safetensors` + `result.json` (the `EvaResult`),
     `eva.json` (ranks per layer and module, explained variance, init seconds) and `ranks.png`."""
-    from dt_eva.reporting.rank_heatmap import plot_rank_heatmap  # lazy: matplotlib loads in ~1 s
+    from dt_eva.reporting.common.heatmap import plot_rank_heatmap  # lazy: matplotlib loads in ~1 s
 
     summary = {**eva_summary(result), **(extra or {})}
     with atomic_dir(eva_dir) as tmp:

@@ -11,8 +11,8 @@ import io
 from dataclasses import dataclass
 
 from dt_eva.methods.registry import method_label
-from dt_eva.reporting.paired import PairedDifference
-from dt_eva.reporting.study_rows import StudyKey, StudyRow
+from dt_eva.reporting.study.paired import PairedDifference
+from dt_eva.reporting.study.rows import StudyKey, StudyRow
 
 CROSSED = " | "  # how the sweep joins the CPUs of a run resumed on another machine
 SHOWN = 5  # names listed per count

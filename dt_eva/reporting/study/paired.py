@@ -30,7 +30,6 @@ import numpy as np
 
 from dt_eva.methods.registry import method_label
 
-COMPARISONS = (("eva", "lora"), ("eva_dora", "dora"), ("eva", "fft"))
 RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
 MDD_FACTOR = 2.8  # z_0.975 + z_0.80 = 1.96 + 0.84

@@ -10,18 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from dt_eva.methods.registry import method_label
-from dt_eva.reporting.paired import (
-    BOOTSTRAP_SEED,
-    COMPARISONS,
-    MDD_FACTOR,
-    MIN_PAIRS,
-    RESAMPLES,
-    PairedDifference,
-    paired_difference,
-)
-from dt_eva.reporting.report import _REPORT_TITLE, check_out_dir, write_manifest
-from dt_eva.reporting.study_curves import curve_keys, curve_stats, curves_csv, plot_curves
-from dt_eva.reporting.study_dynamics import (
+from dt_eva.reporting.common.folder import REPORT_TITLE, check_out_dir, write_manifest
+from dt_eva.reporting.common.heatmap import plot_grid_heatmap
+from dt_eva.reporting.common.paper import COMPARISONS, PAPER_TABLE6_AVG
+from dt_eva.reporting.common.tables import METRIC_LABELS, short_task_name
+from dt_eva.reporting.study import rliable as rl
+from dt_eva.reporting.study.curves import curve_keys, curve_stats, curves_csv, plot_curves
+from dt_eva.reporting.study.dynamics import (
     along_budget,
     along_budget_csv,
     along_budget_markdown,
@@ -30,16 +25,22 @@ from dt_eva.reporting.study_dynamics import (
     grad_norm_ratios,
     plot_along_budget,
 )
-from dt_eva.reporting.study_ordering import ordering_markdown, ordering_vs_paper
-from dt_eva.reporting.study_pertask import per_task_section
-from dt_eva.reporting.study_power import DEFAULT_DELTAS, check_deltas, power_csv, power_markdown, power_rows
-from dt_eva.reporting.study_quality import quality_section
-from dt_eva.reporting.study_ranks import eva_rows, init_time_table, rank_csv, rank_markdown, rank_summary
-from dt_eva.reporting.study_rows import StudyData, StudyKey, StudyRow, read_study
-from dt_eva.reporting.study_rliable import INSTALL
-from dt_eva.reporting.study_stats import paired_tests, tests_csv, tests_markdown
-from dt_eva.reporting.study_tables import PAPER_TABLE6_AVG, TABLE_METRICS, study_tables
-from dt_eva.reporting.tables import METRIC_LABELS, short_task_name
+from dt_eva.reporting.study.ordering import ordering_markdown, ordering_vs_paper
+from dt_eva.reporting.study.paired import (
+    BOOTSTRAP_SEED,
+    MDD_FACTOR,
+    MIN_PAIRS,
+    RESAMPLES,
+    PairedDifference,
+    paired_difference,
+)
+from dt_eva.reporting.study.pertask import per_task_section
+from dt_eva.reporting.study.power import DEFAULT_DELTAS, check_deltas, power_csv, power_markdown, power_rows
+from dt_eva.reporting.study.quality import quality_section
+from dt_eva.reporting.study.ranks import eva_rows, init_time_table, rank_csv, rank_markdown, rank_summary
+from dt_eva.reporting.study.rows import StudyData, StudyKey, StudyRow, read_study
+from dt_eva.reporting.study.stats import paired_tests, tests_csv, tests_markdown
+from dt_eva.reporting.study.tables import TABLE_METRICS, study_tables
 from dt_eva.runs.results import RESULTS
 from dt_eva.utils.io import atomic_dir, atomic_write_text
 
@@ -227,8 +228,6 @@ def _sections(data: StudyData, out: Path, plots: bool, deltas: list[float],
         sections += ["## EVA's ranks across tasks", ""] + [rank_markdown(s) for s in summaries]
         files["eva_ranks.csv"] = rank_csv(summaries)
         if plots:
-            from dt_eva.reporting.rank_heatmap import plot_grid_heatmap
-
             images += [plot_grid_heatmap(s.layers, s.modules, s.mean, out / "heatmaps" / f"{s.method}-mean-ranks.png",
                                          f"{method_label(s.method)}: mean rank over {s.runs} runs", digits=1)
                        for s in summaries]
@@ -249,7 +248,7 @@ def _statistics(diffs: list[PairedDifference], rows: list[StudyRow], chosen: dic
         import scipy.stats  # noqa: F401
     except ImportError as error:
         sections.append(f"### Tests, verdicts and power\n\nThe sign-flip and Wilcoxon tests, Holm's correction, the "
-                        f"verdicts and the power section need scipy ({INSTALL}); not written here ({error}).\n")
+                        f"verdicts and the power section need scipy ({rl.INSTALL}); not written here ({error}).\n")
         tests = []
     else:
         tests = paired_tests(diffs)
@@ -270,8 +269,6 @@ def _statistics(diffs: list[PairedDifference], rows: list[StudyRow], chosen: dic
 def _rliable_sections(rows: list[StudyRow], chosen: dict[str, StudyKey], out: Path, plots: bool,
                       sections: list[str], files: dict[str, str]) -> list[Path]:
     """IQM, probability of improvement and performance profiles, or the note that says to install rliable."""
-    from dt_eva.reporting import study_rliable as rl
-
     note = rl.missing_note()
     if note is not None:
         sections.append(f"### Interquartile mean, probability of improvement, performance profiles\n\n{note}\n")
@@ -322,7 +319,7 @@ def build_study_report(results: PathLike | list[PathLike], out_dir: PathLike, pl
         sections, files, images = _sections(data, tmp, plots, deltas, warnings)
         for name, text in files.items():
             atomic_write_text(tmp / name, text)
-        parts = [_REPORT_TITLE + ": study", "", _header(data), ""] + sections
+        parts = [REPORT_TITLE + ": study", "", _header(data), ""] + sections
         if data.excluded:
             parts += ["### Excluded runs", ""] + _excluded_lines(data.excluded) + [""]
         if warnings:

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from dt_eva.methods.registry import method_label
-from dt_eva.reporting.paired import PairedDifference
-from dt_eva.reporting.tables import METRIC_LABELS
+from dt_eva.reporting.common.tables import METRIC_LABELS
+from dt_eva.reporting.study.paired import PairedDifference
 
 ALPHA, POWER = 0.05, 0.80
 DEFAULT_DELTAS = (0.01, 0.02, 0.04, 0.10)

@@ -12,8 +12,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
+from dt_eva.reporting.common.figures import pyplot, save_figure
 from dt_eva.runs.records import RunRecord
-from dt_eva.utils.io import atomic_path, read_metrics
+from dt_eva.utils.io import read_metrics
+
+DPI = 110  # the two-panel curves are wider than the other figures
 
 
 def _mean_by_step(series: list[list[tuple[int, float]]]) -> tuple[list[int], list[float]]:
@@ -79,11 +82,7 @@ def plot_learning_curves(groups: dict[str, Sequence[RunRecord]], path: str | os.
     """Two panels, loss and success (any step) vs updates; one line per group (mean over its seeds).
 
     Bad lines of the runs' `metrics.jsonl` are skipped and named in `problems`."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (ax_loss, ax_succ) = plt.subplots(1, 2, figsize=(11, 4))
     any_loss = any_success = False
     all_losses: list[float] = []
@@ -116,9 +115,4 @@ def plot_learning_curves(groups: dict[str, Sequence[RunRecord]], path: str | os.
         else:
             ax.text(0.5, 0.5, what, ha="center", va="center", transform=ax.transAxes, color="gray")
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=DPI)

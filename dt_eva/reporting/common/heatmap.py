@@ -3,8 +3,9 @@
 `plot_rank_heatmap(ranks, path)` takes the `{full module name: rank}` dict of an `EvaResult` (or any
 adapter rank map), puts the transformer layer on the rows and the module type (the part of the name
 after the layer index, e.g. `attn.qkv`) on the columns, and writes a PNG with every cell annotated.
-matplotlib is imported lazily with the Agg backend, so importing this module costs nothing and works
-on machines without a display.
+matplotlib is imported lazily with the Agg backend (`figures.pyplot`), so importing this module costs
+nothing and works on machines without a display. The run report, the study report (mean ranks) and EVA's
+initialisation (`eva/ranks.png`) draw with it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from dt_eva.methods.ranks import rank_grid
-from dt_eva.utils.io import atomic_path
+from dt_eva.reporting.common.figures import pyplot, save_figure
 
 
 def plot_rank_heatmap(ranks: Mapping[str, int], path: str | os.PathLike, title: str | None = None) -> Path:
@@ -32,11 +33,9 @@ def plot_rank_heatmap(ranks: Mapping[str, int], path: str | os.PathLike, title: 
 def plot_grid_heatmap(layers: Sequence[int], modules: Sequence[str], grid: Sequence[Sequence[float | None]],
                       path: str | os.PathLike, title: str, digits: int = 0) -> Path:
     """Layer x module heatmap of `grid[i][j]` (None: blank), each cell annotated with `digits` decimals."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    plt = pyplot()
 
     values = np.array([[np.nan if v is None else v for v in row] for row in grid], dtype=float)
     vmax = max(1.0, float(np.nanmax(values)))
@@ -56,10 +55,4 @@ def plot_grid_heatmap(layers: Sequence[int], modules: Sequence[str], grid: Seque
     ax.set_ylabel("layer")
     ax.set_title(title, fontsize=10)
     fig.colorbar(image, ax=ax, label="rank")
-    fig.tight_layout()
-
-    path = Path(path)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -7,7 +7,13 @@ import io
 import math
 from dataclasses import dataclass, field
 
-from dt_eva.reporting.tables import episodes_footnote, markdown_text, order_tasks, short_task_name
+from dt_eva.reporting.common.tables import (
+    episodes_footnote,
+    markdown_table,
+    markdown_text,
+    order_tasks,
+    short_task_name,
+)
 from dt_eva.runs.records import RunRecord
 
 
@@ -30,19 +36,13 @@ class PretrainTable:
 
     def to_markdown(self) -> str:
         header = ["Task"] + [f"{markdown_text(r.name)} {m}" for r in self.runs for m in ("any", "final")]
-        lines = [f"### {self.title}", "", "| " + " | ".join(header) + " |",
-                 "|---|" + "|".join([":-:"] * (len(header) - 1)) + "|"]
-        for t in self.tasks + ["Avg."]:
-            cells = [short_task_name(t)]
-            for r in self.runs:
-                for m in ("success_any", "success_final"):
-                    v = self.average(r, m) if t == "Avg." else self.value(r, t, m)
-                    cells.append("-" if v is None else f"{v:.2f}")
-            lines.append("| " + " | ".join(cells) + " |")
-        if self.footnotes:
-            lines.append("")
-            lines.extend(f"{markdown_text(note)}  " for note in self.footnotes)
-        return "\n".join(lines).rstrip() + "\n"
+        rows = [[short_task_name(t)] + [self._cell(r, t, m) for r in self.runs for m in ("success_any", "success_final")]
+                for t in self.tasks + ["Avg."]]
+        return markdown_table(self.title, header, rows, self.footnotes)
+
+    def _cell(self, run: RunRecord, task: str, metric: str) -> str:
+        v = self.average(run, metric) if task == "Avg." else self.value(run, task, metric)
+        return "-" if v is None else f"{v:.2f}"
 
     def to_csv(self) -> str:
         out = io.StringIO()

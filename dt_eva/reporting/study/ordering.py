@@ -13,10 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from dt_eva.methods.registry import method_label, method_sort_key
-from dt_eva.reporting.paired import BOOTSTRAP_SEED, RESAMPLES, resample_tasks_then_seeds
-from dt_eva.reporting.study_rows import StudyKey, StudyRow
-from dt_eva.reporting.study_tables import PAPER_TABLE6_AVG, config_results
-from dt_eva.reporting.tables import METRIC_LABELS
+from dt_eva.reporting.common.paper import PAPER_TABLE6_AVG
+from dt_eva.reporting.common.tables import METRIC_LABELS
+from dt_eva.reporting.study.paired import BOOTSTRAP_SEED, RESAMPLES, resample_tasks_then_seeds
+from dt_eva.reporting.study.rows import StudyKey, StudyRow
+from dt_eva.reporting.study.tables import config_results
 
 MIN_METHODS = 3  # fewer give a rank correlation of +-1 or nothing
 MIN_TASKS = 5  # fewer: no interval (a bootstrap over 2-4 tasks has only a handful of distinct resamples)

@@ -12,13 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 
 from dt_eva.methods.registry import method_label, method_sort_key
-from dt_eva.reporting.study_rows import StudyKey, StudyRow, per_seed
-from dt_eva.reporting.tables import METRIC_LABELS, ConfigResult, Row, Table, _common_footnotes, order_tasks
+from dt_eva.reporting.common.paper import PAPER_TABLE6_AVG
+from dt_eva.reporting.common.tables import METRIC_LABELS, ConfigResult, Row, Table, common_footnotes, order_tasks
+from dt_eva.reporting.study.rows import StudyKey, StudyRow, per_seed
 
 TABLE_METRICS = ("success_any", "success_final", "heldout_loss")
-# The paper's Table 6, average CW10 success over its tasks (PAPER.md); 100K updates on its DT.
-PAPER_TABLE6_AVG = {"fft": 0.92, "lora": 0.86, "adalora": 0.80, "pissa": 0.85, "olora": 0.88, "eva": 0.90,
-                    "dora": 0.93, "eva_dora": 0.94}
 SELECTION_NOTE = ("Config: where a method ran with several configurations, the row shows the one with the "
                   "lowest mean held-out action MSE (the study protocol's rule; without it, the highest mean "
                   "success at any step), the same row in every table.")
@@ -75,7 +73,7 @@ def build_table(name: str, title: str, metric: str, results: Results, keys: list
     with_lr = _lr_varies(list(results))
     rows = [Row(method_label(k.method), k.method, k.describe(with_lr), results[k])
             for k in sorted(keys, key=_sort_key) if k in results]
-    footnotes = _common_footnotes(rows, tasks, metric)
+    footnotes = common_footnotes(rows, tasks, metric)
     if metric == "heldout_loss":  # the evaluation-size note is about online episodes, not this metric
         footnotes = footnotes[:-1] + [HELDOUT_NOTE]
     return Table(name, title, metric, tasks, rows, footnotes + notes, digits=4 if metric == "heldout_loss" else 2,

@@ -2,30 +2,29 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
 from typing import Any, Iterable
 
 from dt_eva.methods.registry import method_label, method_sort_key
-from dt_eva.reporting.pretrain_table import build_pretrain_table
-from dt_eva.reporting.tables import (
+from dt_eva.reporting.common.folder import REPORT_TITLE, check_out_dir, write_manifest
+from dt_eva.reporting.common.heatmap import plot_rank_heatmap
+from dt_eva.reporting.common.tables import (
     METRICS,
     ConfigKey,
     ConfigResult,
     Table,
-    best_per_method,
-    build_table6,
-    build_table19,
-    collect_config_results,
     markdown_text,
     order_tasks,
     short_task_name,
 )
+from dt_eva.reporting.run_report.curves import plot_learning_curves
+from dt_eva.reporting.run_report.pretrain_table import build_pretrain_table
+from dt_eva.reporting.run_report.tables import best_per_method, build_table6, build_table19, collect_config_results
 from dt_eva.runs.layout import SUMMARY
 from dt_eva.runs.records import RunRecord, find_run_dirs, full_task_name, load_run
-from dt_eva.utils.io import atomic_dir, atomic_write_json, atomic_write_text, check_writable_dir, read_json
+from dt_eva.utils.io import atomic_dir, atomic_write_text, read_json
 
 PathLike = str | os.PathLike
 
@@ -124,8 +123,6 @@ def _safe_name(name: str) -> str:
 
 def _plot_curves(usable: list[RunRecord], all_runs: list[RunRecord], best: dict[str, ConfigResult],
                  out: Path, problems: list[str]) -> list[Path]:
-    from dt_eva.reporting.curves import plot_learning_curves
-
     files = []
     by_path = {str(r.path): r for r in usable}
     tasks = order_tasks({t for res in best.values() for t in res.per_seed})
@@ -151,8 +148,6 @@ def _plot_curves(usable: list[RunRecord], all_runs: list[RunRecord], best: dict[
 
 
 def _plot_heatmaps(runs: list[RunRecord], out: Path, problems: list[str]) -> list[Path]:
-    from dt_eva.reporting.rank_heatmap import plot_rank_heatmap
-
     files = []
     names = display_names(runs)
     for run in runs:
@@ -169,65 +164,6 @@ def _plot_heatmaps(runs: list[RunRecord], out: Path, problems: list[str]) -> lis
                  f"on {run.task}, seed {run.seed}: total rank {sum(ranks.values())}")
         files.append(plot_rank_heatmap(ranks, out / "heatmaps" / f"{_safe_name(names[run.path])}.png", title=title))
     return files
-
-
-_REPORT_TITLE = "# dt-eva report"
-# The files a report wrote, listed in the report folder: only these are ever replaced by the next report.
-MANIFEST = ".dt-eva-report.json"
-# What reports of dt-eva before the manifest wrote at the top of their folder (tables, report.md)
-_LEGACY_NAMES = re.compile(r"(report|table6_\w+|table19_\w+|pretrain_success|configs_\w+|comparisons\w*|curves|"
-                           r"grad_norm|eva_ranks|eva_init_time|quality|tests|per_task|power|rliable)\.(md|csv)")
-_FIGURE_DIRS = ("curves", "heatmaps", "profiles")  # the report's folders of figures (*.png)
-
-
-def check_out_dir(out: Path) -> None:
-    """Before any work: `out` can be written and replaced as a whole (it is new, empty or an older report).
-
-    The report folder is replaced atomically, so a folder holding anything the report did not write
-    (by its manifest; for a report older than the manifest, by the names reports write) is refused,
-    naming those files, rather than deleted.
-    """
-    check_writable_dir(out)
-    if out.exists():
-        check_writable_dir(out.parent)  # the old report is renamed away there
-        foreign = _foreign_files(out) if any(out.iterdir()) else []
-        if foreign:
-            listing = ", ".join(str(f) for f in foreign[:3]) + (" ..." if len(foreign) > 3 else "")
-            raise ValueError(f"{out} holds files that are not a dt-eva report's, which it did not write ({listing}); "
-                             "the report replaces its folder as a whole, so choose a new or empty --out (or move "
-                             "those files away)")
-
-
-def write_manifest(folder: Path, files: list[Path]) -> None:
-    """List what the report wrote (paths relative to `folder`) in its manifest."""
-    names = sorted(f.relative_to(folder).as_posix() for f in files)
-    atomic_write_json(folder / MANIFEST, {"package": "dt-eva", "kind": "report", "files": names})
-
-
-def _foreign_files(out: Path) -> list[Path]:
-    """The entries of an existing report folder that no report wrote (all of them if it is no report)."""
-    entries = sorted(out.rglob("*"))
-    try:
-        if not (out / "report.md").read_text(encoding="utf-8").startswith(_REPORT_TITLE):
-            return entries or [out]
-        manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8")) if (out / MANIFEST).is_file() else None
-    except (OSError, ValueError):
-        return entries or [out]
-    listed = set(manifest.get("files") or []) if isinstance(manifest, dict) else None
-    foreign = []
-    for f in entries:
-        rel = f.relative_to(out)
-        if f.is_dir() and not f.is_symlink():
-            ok = len(rel.parts) == 1 and rel.name in _FIGURE_DIRS
-        elif listed is not None:
-            ok = f.is_file() and not f.is_symlink() and (rel.as_posix() in listed or rel.as_posix() == MANIFEST)
-        else:  # a report from before the manifest: the names it writes
-            ok = f.is_file() and not f.is_symlink() and (
-                (len(rel.parts) == 1 and bool(_LEGACY_NAMES.fullmatch(rel.name))) or (
-                    len(rel.parts) == 2 and rel.parts[0] in _FIGURE_DIRS and f.suffix == ".png"))
-        if not ok:
-            foreign.append(f)
-    return foreign
 
 
 def _build_tables(usable: list[RunRecord], warnings: list[str]) -> tuple[dict[str, Any], dict[str, ConfigResult]]:
@@ -247,7 +183,7 @@ def _build_tables(usable: list[RunRecord], warnings: list[str]) -> tuple[dict[st
 
 def _report_markdown(header: str, tables: list[str], skipped: list[dict[str, str]], warnings: list[str],
                      images: list[Path]) -> str:
-    parts = [_REPORT_TITLE, "", header, ""] + tables
+    parts = [REPORT_TITLE, "", header, ""] + tables
     if skipped:
         parts += ["### Skipped runs", ""] + [f"- {markdown_text(s['run'])}: {markdown_text(s['reason'])}"
                                              for s in skipped] + [""]
@@ -256,6 +192,30 @@ def _report_markdown(header: str, tables: list[str], skipped: list[dict[str, str
     if images:
         parts += ["### Figures", ""] + [f"![{f.stem}]({f.as_posix()})" for f in images] + [""]
     return "\n".join(parts)
+
+
+def _load_runs(run_dirs_or_root: PathLike | Iterable[PathLike]) -> tuple[str, list[RunRecord]]:
+    """Where the runs were looked for (for messages) and every run directory found there, loaded; none
+    found is a `FileNotFoundError`."""
+    run_dirs = find_run_dirs(run_dirs_or_root)
+    where = run_dirs_or_root if isinstance(run_dirs_or_root, (str, os.PathLike)) else \
+        ", ".join(map(str, run_dirs_or_root))
+    if not run_dirs:
+        raise FileNotFoundError(
+            f"no run directories found in {where}: a run directory holds a meta.json with the run's kind, as "
+            "written by `dt-eva pretrain` and `dt-eva finetune`"
+        )
+    return str(where), [load_run(d) for d in run_dirs]
+
+
+def _write_tables(folder: Path, tables: dict[str, Any], markdown: dict[str, str]) -> list[Path]:
+    """Each table as `<name>.md` and `<name>.csv` in `folder`; returns the files in that order."""
+    files: list[Path] = []
+    for name, t in tables.items():
+        for suffix, text in ((".md", markdown[name]), (".csv", t.to_csv())):
+            atomic_write_text(folder / f"{name}{suffix}", text)
+            files.append(folder / f"{name}{suffix}")
+    return files
 
 
 def build_report(run_dirs_or_root: PathLike | Iterable[PathLike], out_dir: PathLike, plots: bool = True) -> dict[str, Any]:
@@ -277,15 +237,7 @@ def build_report(run_dirs_or_root: PathLike | Iterable[PathLike], out_dir: PathL
     """
     out = Path(out_dir)
     check_out_dir(out)
-    run_dirs = find_run_dirs(run_dirs_or_root)
-    where = run_dirs_or_root if isinstance(run_dirs_or_root, (str, os.PathLike)) else \
-        ", ".join(map(str, run_dirs_or_root))
-    if not run_dirs:
-        raise FileNotFoundError(
-            f"no run directories found in {where}: a run directory holds a meta.json with the run's kind, as "
-            "written by `dt-eva pretrain` and `dt-eva finetune`"
-        )
-    runs = [load_run(d) for d in run_dirs]
+    where, runs = _load_runs(run_dirs_or_root)
     usable, skipped, warnings = _triage(runs)
     display_names(runs, warnings)  # the warning when runs share a name
     if not usable:
@@ -295,15 +247,10 @@ def build_report(run_dirs_or_root: PathLike | Iterable[PathLike], out_dir: PathL
     if len(sizes) > 1:
         warnings.append(f"the runs' evaluations differ in size ({', '.join(map(str, sizes))} episodes per task); "
                         "each table's footnote names the runs")
-
     tables, best_any = _build_tables(usable, warnings)
     markdown = {name: t.to_markdown() for name, t in tables.items()}
     with atomic_dir(out) as tmp:
-        files: list[Path] = []
-        for name, t in tables.items():
-            for suffix, text in ((".md", markdown[name]), (".csv", t.to_csv())):
-                atomic_write_text(tmp / f"{name}{suffix}", text)
-                files.append(tmp / f"{name}{suffix}")
+        files = _write_tables(tmp, tables, markdown)
         if plots:
             files += _plot_curves(usable, runs, best_any, tmp, warnings)
             files += _plot_heatmaps(usable, tmp, warnings)
@@ -314,12 +261,5 @@ def build_report(run_dirs_or_root: PathLike | Iterable[PathLike], out_dir: PathL
         atomic_write_text(tmp / "report.md", report_text)
         write_manifest(tmp, [tmp / "report.md", *files])
         files = [out / f.relative_to(tmp) for f in [tmp / "report.md", *files]]
-    return {
-        "out_dir": str(out),
-        "markdown": report_text,
-        "tables": markdown,
-        "files": [str(f) for f in files],
-        "runs": [str(r.path) for r in usable],
-        "skipped": skipped,
-        "warnings": warnings,
-    }
+    return {"out_dir": str(out), "markdown": report_text, "tables": markdown, "files": [str(f) for f in files],
+            "runs": [str(r.path) for r in usable], "skipped": skipped, "warnings": warnings}

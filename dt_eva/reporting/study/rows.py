@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dt_eva.methods.registry import METHODS, normalize_method_name
-from dt_eva.reporting.tables import ConfigKey
+from dt_eva.reporting.common.tables import ConfigKey
 from dt_eva.runs.records import full_task_name
 from dt_eva.runs.results import FIELDS, read_csv, row_problem
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 from dt_eva.methods.ranks import rank_grid
 from dt_eva.methods.registry import METHODS, method_label, method_sort_key
-from dt_eva.reporting.stats import mean_se
-from dt_eva.reporting.study_rows import StudyKey, StudyRow
-from dt_eva.reporting.tables import order_tasks, short_task_name
+from dt_eva.reporting.common.stats import mean_se
+from dt_eva.reporting.common.tables import order_tasks, short_task_name
+from dt_eva.reporting.study.rows import StudyKey, StudyRow
 
 
 @dataclass

@@ -8,10 +8,10 @@ import io
 from pathlib import Path
 
 from dt_eva.methods.registry import method_label, method_sort_key
-from dt_eva.reporting.stats import MeanSE, mean_se
-from dt_eva.reporting.study_rows import CURVE_METRICS, StudyKey, StudyRow
-from dt_eva.reporting.tables import METRIC_LABELS
-from dt_eva.utils.io import atomic_path
+from dt_eva.reporting.common.figures import pyplot, save_figure
+from dt_eva.reporting.common.stats import MeanSE, mean_se
+from dt_eva.reporting.common.tables import METRIC_LABELS
+from dt_eva.reporting.study.rows import CURVE_METRICS, StudyKey, StudyRow
 
 Curves = dict[str, dict[str, list[tuple[int, MeanSE]]]]  # metric -> config label -> [(step, mean ± s.e.)]
 
@@ -58,12 +58,7 @@ def curves_csv(curves: Curves) -> str:
 
 def plot_curves(points: dict[str, list[tuple[int, MeanSE]]], metric: str, path: Path) -> Path:
     """One line per method with a band of ± one standard error."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, ax = pyplot().subplots(figsize=(6.4, 4.0))
     for label, series in points.items():
         steps = [s for s, _ in series]
         means = [m.mean for _, m in series]
@@ -79,15 +74,9 @@ def plot_curves(points: dict[str, list[tuple[int, MeanSE]]], metric: str, path: 
 
 def save_updates_figure(fig, ax, ylabel: str, title: str, path: Path, xlabel: str = "updates") -> Path:
     """Label an against-updates plot, add its grid and legend, and write it as a PNG atomically."""
-    import matplotlib.pyplot as plt
-
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -1,10 +1,13 @@
-"""Summary statistics used by the report tables."""
+"""Summary statistics of the reports and the demo: mean ± standard error, and the Wilson interval of a
+success rate."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 from typing import Iterable
+
+Z_95 = 1.959963984540054  # two-sided 95 % normal quantile
 
 
 @dataclass(frozen=True)
@@ -36,3 +39,14 @@ def mean_se(values: Iterable[float]) -> MeanSE:
         return MeanSE(mean, None, 1)
     var = math.fsum((x - mean) ** 2 for x in xs) / (n - 1)
     return MeanSE(mean, math.sqrt(var) / math.sqrt(n), n)
+
+
+def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, float]:
+    """Wilson score interval of a success rate `successes / n`. Unlike p ± z·SE it stays inside
+    [0, 1] and is not empty at 0/n or n/n, which a few dozen episodes often give."""
+    if n < 1:
+        raise ValueError(f"an interval needs at least one episode, got n={n}")
+    p, z2 = successes / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, centre - half), min(1.0, centre + half)

@@ -11,11 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dt_eva.methods.registry import method_label
-from dt_eva.reporting.paired import COMPARISONS, MIN_PAIRS, Pair, PairedDifference, paired_difference
-from dt_eva.reporting.stats import MeanSE, mean_se
-from dt_eva.reporting.study_curves import save_updates_figure
-from dt_eva.reporting.study_rows import StudyKey, StudyRow
-from dt_eva.reporting.tables import METRIC_LABELS
+from dt_eva.reporting.common.figures import pyplot
+from dt_eva.reporting.common.paper import COMPARISONS
+from dt_eva.reporting.common.stats import MeanSE, mean_se
+from dt_eva.reporting.common.tables import METRIC_LABELS
+from dt_eva.reporting.study.curves import save_updates_figure
+from dt_eva.reporting.study.paired import MIN_PAIRS, Pair, PairedDifference, paired_difference
+from dt_eva.reporting.study.rows import StudyKey, StudyRow
 
 ALONG_METRICS = ("heldout_loss", "success_any")
 
@@ -74,12 +76,7 @@ def along_budget_csv(diffs: list[tuple[int, PairedDifference]]) -> str:
 def plot_along_budget(diffs: list[tuple[int, PairedDifference]], metric: str, path: Path) -> Path:
     """The paired difference of `metric` against updates, one line per comparison, its 95 % bootstrap
     interval as a band, and zero marked: where the band leaves zero the study resolves a difference."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, ax = pyplot().subplots(figsize=(6.4, 4.0))
     for a, b in dict.fromkeys((d.a, d.b) for _, d in diffs if d.metric == metric):
         points = [(step, d) for step, d in diffs if (d.a, d.b, d.metric) == (a, b, metric) and d.mean is not None]
         steps = [s for s, _ in points]

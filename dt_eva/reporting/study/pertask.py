@@ -10,9 +10,9 @@ import io
 import numpy as np
 
 from dt_eva.methods.registry import method_label
-from dt_eva.reporting.paired import BOOTSTRAP_SEED, RESAMPLES, PairedDifference, bootstrap_interval
-from dt_eva.reporting.study_rows import StudyKey, StudyRow, per_seed
-from dt_eva.reporting.tables import METRIC_LABELS, order_tasks, short_task_name
+from dt_eva.reporting.common.tables import METRIC_LABELS, order_tasks, short_task_name
+from dt_eva.reporting.study.paired import BOOTSTRAP_SEED, RESAMPLES, PairedDifference, bootstrap_interval
+from dt_eva.reporting.study.rows import StudyKey, StudyRow, per_seed
 
 PER_TASK_METRICS = ("success_any", "success_final")
 TaskRow = tuple[str, int, float, float, float, tuple[float, float] | None, tuple[int, int, int]]

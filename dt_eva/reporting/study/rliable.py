@@ -19,10 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from dt_eva.methods.registry import method_label, method_sort_key
-from dt_eva.reporting.paired import BOOTSTRAP_SEED, COMPARISONS
-from dt_eva.reporting.study_curves import save_updates_figure
-from dt_eva.reporting.study_rows import StudyKey, StudyRow, per_seed
-from dt_eva.reporting.tables import METRIC_LABELS, short_task_name
+from dt_eva.reporting.common.figures import pyplot
+from dt_eva.reporting.common.paper import COMPARISONS
+from dt_eva.reporting.common.tables import METRIC_LABELS, short_task_name
+from dt_eva.reporting.study.curves import save_updates_figure
+from dt_eva.reporting.study.paired import BOOTSTRAP_SEED
+from dt_eva.reporting.study.rows import StudyKey, StudyRow, per_seed
 
 REPS = 2_000  # bootstrap resamples per interval (rliable's default for profiles; a percentile 95 % interval)
 IQM_METRICS = ("success_any", "success_final")
@@ -140,11 +142,8 @@ def rliable_csv(metric: str, scores: dict[str, Scores], iqm: dict, poi: dict) ->
 
 def plot_profiles(scores: dict[str, Scores], metric: str, path: Path) -> Path:
     """Performance profiles (rliable.library.create_performance_profile) with their 95 % bands."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    from rliable import library
+    plt = pyplot()
+    from rliable import library  # optional: the `stats` extra
 
     with seeded():
         profiles, cis = library.create_performance_profile({method_label(m): s.matrix for m, s in scores.items()},

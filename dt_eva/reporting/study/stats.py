@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from dt_eva.methods.registry import method_label
-from dt_eva.reporting.paired import BOOTSTRAP_SEED, MIN_PAIRS, RESAMPLES, PairedDifference
-from dt_eva.reporting.tables import METRIC_LABELS
+from dt_eva.reporting.common.tables import METRIC_LABELS
+from dt_eva.reporting.study.paired import BOOTSTRAP_SEED, MIN_PAIRS, RESAMPLES, PairedDifference
 
 EXACT_PATTERNS = 2 ** 20  # up to 20 pairs every sign pattern is enumerated
 MC_DRAWS = 100_000
