@@ -363,3 +363,35 @@ def test_ordering_against_the_paper_matches_scipy_and_a_plain_bootstrap_loop(tmp
     # fewer than five tasks: the correlation, but no interval
     few = [r for r in data.rows if r.task != "stick-pull-v3"]
     assert "(no interval: 4 task(s), fewer than 5)" in ordering_markdown(ordering_vs_paper(few, chosen))
+
+
+def write_episodes(folder: Path, steps: dict[str, list[int | None]]) -> None:
+    """episodes.csv.gz beside results.csv: run name -> first success step per episode (None: never)."""
+    import gzip
+
+    lines = ["name,task,episode,success_any,success_final,return,first_success_step"]
+    for name, firsts in steps.items():
+        lines += [f"{name},hammer-v3,{j},{0.0 if s is None else 1.0},0.0,1.0,{'' if s is None else s}"
+                  for j, s in enumerate(firsts)]
+    (folder / "episodes.csv.gz").write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+
+
+def test_time_to_first_success_is_compared_from_the_episode_records(results, tmp_path):
+    # no episodes.csv.gz beside results.csv: no such comparison, and no note about it
+    build_study_report(results, tmp_path / "before", plots=False)
+    assert "first_success_step" not in (tmp_path / "before/comparisons.csv").read_text()
+    assert "Time to first success" not in (tmp_path / "before/report.md").read_text()
+    pairs = sorted((t, s) for (m, t, s) in VALUES if m == "eva")
+    firsts = {}
+    for i, (task, seed) in enumerate(pairs):
+        firsts[f"method=lora+task={task}+seed={seed}"] = [40 + i, None, 60 + 2 * i]  # mean over the two that succeed
+        firsts[f"method=eva+task={task}+seed={seed}"] = [30 + i, 50, None, "not a number"]
+    firsts["method=eva+task=push+seed=2"] = [None, None]  # never succeeded: its pair is left out, and said why
+    write_episodes(results.parent, firsts)
+    build_study_report(results, tmp_path / "out", plots=False)
+    got = {r["metric"]: r for r in read_csv(tmp_path / "out/comparisons.csv")}["first_success_step"]
+    diffs = np.array([((30 + i + 50) / 2) - ((40 + i + 60 + 2 * i) / 2) for i, _ in enumerate(pairs)][:-1])
+    assert int(got["pairs"]) == len(diffs) == 4 and float(got["mean"]) == pytest.approx(diffs.mean(), rel=1e-5)
+    report = (tmp_path / "out/report.md").read_text()
+    assert "time to first success (env steps): 1 pair(s) left out, EVA has no successful episode: push/seed 2" in report
+    assert "Time to first success: a run's mean first success step" in report

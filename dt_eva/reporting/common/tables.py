@@ -21,7 +21,8 @@ from dt_eva.reporting.common.stats import MeanSE, mean_se
 METRICS: dict[str, str] = {"success_any": "success at any step", "success_final": "success at the final step"}
 # every metric a table can hold (a sweep's results.csv also has the held-out action MSE)
 METRIC_LABELS: dict[str, str] = {**METRICS, "heldout_loss": "held-out action MSE",
-                                  "grad_norm": "gradient norm (before clipping)"}
+                                  "grad_norm": "gradient norm (before clipping)",
+                                  "first_success_step": "time to first success (env steps)"}
 
 
 def markdown_text(text: object) -> str:

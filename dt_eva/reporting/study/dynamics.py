@@ -16,7 +16,7 @@ from dt_eva.reporting.common.paper import COMPARISONS
 from dt_eva.reporting.common.stats import MeanSE, mean_se
 from dt_eva.reporting.common.tables import METRIC_LABELS
 from dt_eva.reporting.study.curves import save_updates_figure
-from dt_eva.reporting.study.paired import MIN_PAIRS, Pair, PairedDifference, paired_difference
+from dt_eva.reporting.study.paired import MIN_PAIRS, Pair, PairedDifference, metric_digits, paired_difference
 from dt_eva.reporting.study.rows import StudyKey, StudyRow
 
 ALONG_METRICS = ("heldout_loss", "success_any")
@@ -51,7 +51,7 @@ def along_budget_markdown(diffs: list[tuple[int, PairedDifference]]) -> str:
              ("| Comparison | Metric | Update | Pairs | Mean difference | 95 % bootstrap interval | Task-level interval "
               "| Verdict |"), "|---|---|--:|:-:|:-:|:-:|:-:|---|"]
     for step, d in diffs:
-        digits = 4 if d.metric == "heldout_loss" else 3
+        digits = metric_digits(d.metric)
         mean = "-" if d.mean is None else f"{d.mean:+.{digits}f}"
         interval = "-" if d.low is None else f"[{d.low:+.{digits}f}, {d.high:+.{digits}f}]"
         lines.append(f"| {method_label(d.a)} − {method_label(d.b)} | {METRIC_LABELS[d.metric]} | {step} | {d.n} | "

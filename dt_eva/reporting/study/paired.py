@@ -36,7 +36,13 @@ MDD_FACTOR = 2.8  # z_0.975 + z_0.80 = 1.96 + 0.84
 # Below this many pairs a percentile bootstrap has few distinct resample means and its interval is far too
 # narrow: it is shown, but no verdict is drawn from it.
 MIN_PAIRS = 5
-LOWER_IS_BETTER = {"heldout_loss", "final_loss"}
+LOWER_IS_BETTER = {"heldout_loss", "final_loss", "first_success_step"}
+DIGITS = {"heldout_loss": 4, "first_success_step": 1}  # decimals a metric is shown with; 3 for the others
+
+
+def metric_digits(metric: str) -> int:
+    """Decimals for differences of `metric` in the study report's tables."""
+    return DIGITS.get(metric, 3)
 
 Pair = tuple[str, int]  # (task, seed)
 

@@ -13,7 +13,7 @@ from dt_eva.methods.registry import method_label
 from dt_eva.reporting.common.folder import REPORT_TITLE, check_out_dir, write_manifest
 from dt_eva.reporting.common.heatmap import plot_grid_heatmap
 from dt_eva.reporting.common.paper import COMPARISONS, PAPER_TABLE6_AVG
-from dt_eva.reporting.common.tables import METRIC_LABELS, short_task_name
+from dt_eva.reporting.common.tables import METRIC_LABELS, METRICS, short_task_name
 from dt_eva.reporting.study import rliable as rl
 from dt_eva.reporting.study.curves import curve_keys, curve_stats, curves_csv, plot_curves
 from dt_eva.reporting.study.dynamics import (
@@ -32,13 +32,14 @@ from dt_eva.reporting.study.paired import (
     MIN_PAIRS,
     RESAMPLES,
     PairedDifference,
+    metric_digits,
     paired_difference,
 )
 from dt_eva.reporting.study.pertask import per_task_section
 from dt_eva.reporting.study.power import DEFAULT_DELTAS, check_deltas, power_csv, power_markdown, power_rows
 from dt_eva.reporting.study.quality import quality_section
 from dt_eva.reporting.study.ranks import eva_rows, init_time_table, rank_csv, rank_markdown, rank_summary
-from dt_eva.reporting.study.rows import StudyData, StudyKey, StudyRow, read_study
+from dt_eva.reporting.study.rows import FIRST_SUCCESS, StudyData, StudyKey, StudyRow, read_study
 from dt_eva.reporting.study.stats import paired_tests, tests_csv, tests_markdown
 from dt_eva.reporting.study.tables import TABLE_METRICS, study_tables
 from dt_eva.runs.results import RESULTS
@@ -47,6 +48,9 @@ from dt_eva.utils.io import atomic_dir, atomic_write_text
 PathLike = str | os.PathLike
 LISTED = 8  # left-out pairs named per comparison (a partial grid can leave out dozens)
 VALIDATION_PREFIX = "validation"  # a parent folder's validation sweep is not pooled with its main grid
+FIRST_SUCCESS_NOTE = (" Time to first success: a run's mean first success step (1-200) over its episodes that "
+                      "succeed, from the sweep's episodes.csv.gz; negative favours the first method. The share "
+                      "of episodes that never succeed is 1 minus success at any step.")
 
 
 def results_csv_of(path: PathLike) -> Path | None:
@@ -84,8 +88,9 @@ def _named_csvs(path: Path) -> list[Path]:
 
 
 def comparisons(rows: list[StudyRow], chosen: dict[str, StudyKey]) -> tuple[list[PairedDifference], list[str]]:
-    """EVA - LoRA, EVA+DoRA - DoRA, EVA - FFT per metric, each method at its chosen configuration; and
-    notes on the comparisons that could not be made (a method without a finished run)."""
+    """EVA - LoRA, EVA+DoRA - DoRA, EVA - FFT per metric (the tables' and, where the sweep kept its
+    episodes, the time to first success), each method at its chosen configuration; and notes on the
+    comparisons that could not be made (a method without a finished run)."""
     out, notes = [], []
     for a, b in COMPARISONS:
         missing = [method_label(m) for m in (a, b) if m not in chosen]
@@ -93,7 +98,7 @@ def comparisons(rows: list[StudyRow], chosen: dict[str, StudyKey]) -> tuple[list
             notes.append(f"{method_label(a)} − {method_label(b)}: not computed, {missing[0]} has no finished run.")
         if missing:
             continue
-        for metric in TABLE_METRICS:
+        for metric in (*TABLE_METRICS, FIRST_SUCCESS):
             values = [{(r.task, r.seed): r.values[metric] for r in rows if r.key == chosen.get(m) and metric in r.values}
                       for m in (a, b)]
             if values[0] or values[1]:
@@ -111,7 +116,7 @@ def comparisons_markdown(diffs: list[PairedDifference], not_computed: list[str])
               "| Min. detectable | Verdict | Paper |"), "|---|---|:-:|:-:|:-:|:-:|:-:|---|:-:|"]
     notes = list(not_computed)
     for d in diffs:
-        digits = 4 if d.metric == "heldout_loss" else 3
+        digits = metric_digits(d.metric)
         name = f"{method_label(d.a)} − {method_label(d.b)}"
         interval = "-" if d.low is None else f"[{d.low:+.{digits}f}, {d.high:+.{digits}f}]"
         mdd = "-" if d.mdd is None else f"{d.mdd:.{digits}f}"
@@ -122,8 +127,9 @@ def comparisons_markdown(diffs: list[PairedDifference], not_computed: list[str])
             if present:
                 pairs = ", ".join(f"{short_task_name(t)}/seed {s}" for t, s in present[:LISTED]) + (
                     ", …" if len(present) > LISTED else "")
+                why = "has no successful episode" if d.metric == FIRST_SUCCESS else "missing"
                 notes.append(f"{name}, {METRIC_LABELS[d.metric]}: {len(present)} pair(s) left out, "
-                             f"{method_label(missing)} missing: {pairs}.")
+                             f"{method_label(missing)} {why}: {pairs}.")
     lines += ["", ("Mean difference: the first method minus the second over the (task, seed) pairs where both "
                    "finished (held-out MSE: negative favours the first method). Interval: percentile bootstrap over "
                    f"pairs, {RESAMPLES:,} resamples, numpy seed {BOOTSTRAP_SEED}. Task-level interval: the "
@@ -135,13 +141,15 @@ def comparisons_markdown(diffs: list[PairedDifference], not_computed: list[str])
                    "smaller true difference has less than an 80 % chance of being resolved here. With fewer than "
                    f"{MIN_PAIRS} pairs no verdict is drawn (the bootstrap interval is too narrow). Paper: the difference of the "
                    "paper's Table 6 averages (success only; no interval given).")]
+    if any(d.metric == FIRST_SUCCESS for d in diffs):
+        lines[-1] += FIRST_SUCCESS_NOTE
     if notes:
         lines += [""] + [f"- {n}" for n in dict.fromkeys(notes)]
     return "\n".join(lines) + "\n"
 
 
 def _paper_difference(d: PairedDifference) -> str:
-    if d.metric == "heldout_loss" or d.a not in PAPER_TABLE6_AVG or d.b not in PAPER_TABLE6_AVG:
+    if d.metric not in METRICS or d.a not in PAPER_TABLE6_AVG or d.b not in PAPER_TABLE6_AVG:
         return "-"
     return f"{PAPER_TABLE6_AVG[d.a] - PAPER_TABLE6_AVG[d.b]:+.2f}"
 

@@ -15,12 +15,14 @@ from pathlib import Path
 
 from dt_eva.methods.registry import METHODS, normalize_method_name
 from dt_eva.reporting.common.tables import ConfigKey
+from dt_eva.runs.episodes import EPISODES, read_episode_rows
 from dt_eva.runs.records import full_task_name
 from dt_eva.runs.results import FIELDS, read_csv, row_problem
 
 METRIC_COLUMNS = ("success_any", "success_final", "heldout_loss", "final_loss")
 CURVE_METRICS = ("success_any", "success_final", "heldout_loss", "grad_norm")  # the `<metric>@<step>` columns
 REQUIRED = ("name", "status", *FIELDS["finetune"])
+FIRST_SUCCESS = "first_success_step"  # a run's mean over its successful episodes, from episodes.csv.gz
 
 
 @dataclass(frozen=True, order=True)
@@ -87,6 +89,7 @@ def read_study(path: str | Path | list[Path]) -> StudyData:
     data = StudyData(paths[0], [], [], paths=paths)
     seen: dict[tuple, str] = {}
     for p, _, records in tables:
+        episodes = read_episode_rows(p.parent / EPISODES)  # empty when the sweep kept none
         for i, record in enumerate(records, start=2):  # line 1 is the header
             if record["status"] != "done":
                 data.excluded.append((record["name"], record["status"], record.get("error") or ""))
@@ -102,11 +105,28 @@ def read_study(path: str | Path | list[Path]) -> StudyData:
                                      f"seed; {row.name} is left out")
                 continue
             seen[slot] = row.name
+            first = mean_first_success(episodes.get(row.name, []))
+            if first is not None:
+                row.values[FIRST_SUCCESS] = first
             data.rows.append(row)
     if not data.rows:
         listing = "".join(f"\n  - {n}: {s} {e}".rstrip() for n, s, e in data.excluded)
         raise ValueError(f"{', '.join(map(str, paths))}: no finished run (status done) to report on{listing}")
     return data
+
+
+def mean_first_success(episodes: list[dict[str, str]]) -> float | None:
+    """The mean first success step over the episodes that succeed (rows of episodes.csv.gz); None when none
+    does. A value that is not a number is skipped (the file is a record, not an input the run depends on)."""
+    steps = []
+    for episode in episodes:
+        try:
+            step = float(episode.get("first_success_step") or "nan")
+        except ValueError:
+            continue
+        if math.isfinite(step):
+            steps.append(step)
+    return sum(steps) / len(steps) if steps else None
 
 
 def _extra_columns(header: list[str], records: list[dict[str, str]]) -> list[str]:

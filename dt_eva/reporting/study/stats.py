@@ -24,7 +24,7 @@ import numpy as np
 
 from dt_eva.methods.registry import method_label
 from dt_eva.reporting.common.tables import METRIC_LABELS
-from dt_eva.reporting.study.paired import BOOTSTRAP_SEED, MIN_PAIRS, RESAMPLES, PairedDifference
+from dt_eva.reporting.study.paired import BOOTSTRAP_SEED, MIN_PAIRS, RESAMPLES, PairedDifference, metric_digits
 
 EXACT_PATTERNS = 2 ** 20  # up to 20 pairs every sign pattern is enumerated
 MC_DRAWS = 100_000
@@ -124,7 +124,7 @@ def _interval(low: float | None, high: float | None, digits: int) -> str:
 
 
 def _line(t: PairedTest) -> str:
-    d, digits = t.diff, 4 if t.diff.metric == "heldout_loss" else 3
+    d, digits = t.diff, metric_digits(t.diff.metric)
     tasks = len({task for task, _ in d.diffs})
     cells = [f"{method_label(d.a)} − {method_label(d.b)}", METRIC_LABELS[d.metric], str(d.n), str(tasks),
              f"{d.mean:+.{digits}f}", _interval(d.fixed_low, d.fixed_high, digits), _interval(d.low, d.high, digits),
