@@ -35,8 +35,9 @@ from dt_eva.evaluation.env_workers import (
     split_evenly,
     usable_cores,
 )
-from dt_eva.evaluation.rollout import eval_mode, model_device_dtype, rollout_groups
+from dt_eva.evaluation.rollout import model_device_dtype, rollout_groups
 from dt_eva.evaluation.slots import LayoutEnv, SlotPool, check_eval_seed, episode_layout, task_layouts
+from dt_eva.models import eval_mode
 from dt_eva.utils.precision import cpu_model, precision_name, resolve_model_precision
 
 #: Lock-step envs when `num_envs` is None: all episodes at once up to this many (each env holds
@@ -52,8 +53,6 @@ def evaluate_policy(
     episodes: int = 30,
     seed: int = 0,
     target_returns: float | Mapping[str, float] | None = None,
-    rtg_scale: float = 200.0,
-    reward_scale: float = 200.0,
     num_envs: int | None = None,
     device: str = "cpu",
     progress: bool = True,
@@ -69,13 +68,13 @@ def evaluate_policy(
     Args:
         model: a `dt_eva.models.DecisionTransformer` (or anything with its `cfg` and
             `predict_last_action`); moved to `device`, run in eval mode (its train flag is restored).
+            Its `cfg.rtg_scale` / `cfg.reward_scale` divide returns-to-go / rewards before they reach
+            it (as in training); R <- min(R - r / rtg_scale, R0) in scaled units after every step.
         tasks: `"cw10"`, `"mt40"`, a comma list or a list of task names.
         episodes: episodes per task; episode j plays layout `episode_layout(seed, j)`.
         seed: evaluation seed; MT1 seeds `seed + 10_000 + j // 50` (disjoint from training data).
         target_returns: raw target return, one number for all tasks or a task -> number mapping;
             tasks without one use the maximum return in `dataset` (the paper's rule).
-        rtg_scale, reward_scale: divide returns-to-go / rewards before they reach the model (as in
-            training); R <- min(R - r / rtg_scale, R0) in scaled units after every step.
         num_envs: envs stepped in lock-step (one forward per step for all); None = all episodes
             of all tasks, at most `DEFAULT_MAX_ENVS`.
         video_dir: if given, a GIF of episode 0 of every task goes there when rendering works
@@ -102,9 +101,6 @@ def evaluate_policy(
     check_eval_seed(seed, episodes)
     if num_envs is not None:
         _check_positive_int("num_envs", num_envs)
-    for name, value in (("rtg_scale", rtg_scale), ("reward_scale", reward_scale)):
-        if not isinstance(value, numbers.Real) or not value > 0 or not math.isfinite(value):
-            raise ValueError(f"{name} must be a positive number (the training data's scaling), got {value!r}")
     if env_workers is not None:
         _check_non_negative_int("env_workers", env_workers)
     check_model_fits_envs(model)
@@ -135,7 +131,7 @@ def evaluate_policy(
                 t0 = time.perf_counter()
                 try:
                     result = rollout_groups(
-                        model, groups, np.array([targets[t] for t, _ in batch_jobs]), rtg_scale, reward_scale,
+                        model, groups, np.array([targets[t] for t, _ in batch_jobs]),
                         on_step=bar.update, autocast_dtype=autocast_dtype,
                     )
                 finally:
@@ -164,8 +160,8 @@ def evaluate_policy(
         "precision": precision_name(autocast_dtype),
         "device": str(device),
         "cpu": cpu_model(),
-        "rtg_scale": float(rtg_scale),
-        "reward_scale": float(reward_scale),
+        "rtg_scale": float(model.cfg.rtg_scale),
+        "reward_scale": float(model.cfg.reward_scale),
     }
     if video_dir is not None:
         from dt_eva.evaluation.video import write_episode_gifs
