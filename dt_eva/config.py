@@ -87,9 +87,12 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def config_to_dict(cfg: Any) -> Any:
-    """Plain YAML/JSON-friendly data (dicts, lists, scalars) from a (nested) dataclass."""
+    """Plain YAML/JSON-friendly data (dicts, lists, scalars) from a (nested) dataclass.
+
+    A field whose metadata names the key that sets it (`set_by`, e.g. the model's scales set by
+    `data.rtg_scale`) is left out: the config names each setting once."""
     if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
-        return {f.name: config_to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+        return {f.name: config_to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if _settable(f)}
     if isinstance(cfg, Mapping):
         return {str(k): config_to_dict(v) for k, v in cfg.items()}
     if isinstance(cfg, (list, tuple)):
@@ -140,9 +143,13 @@ def _set(cfg: DictConfig, key: str, value: Any) -> None:
     for depth, part in enumerate(path + [leaf]):
         if not isinstance(section, DictConfig):
             raise ValueError(f"config key {key!r}: {'.'.join(path[:depth])} is a value, not a section with sub-keys")
-        if part not in section:
+        set_by = _set_by(section)
+        if part not in section or part in set_by:
             where = ".".join(path[:depth]) or "the top level"
-            raise ValueError(f"unknown config key {key!r}: {part!r} is not a key of {where}; valid keys are {list(section)}")
+            valid = [k for k in section if k not in set_by]
+            note = f" (it is set by {set_by[part]})" if part in set_by else ""
+            raise ValueError(f"unknown config key {key!r}: {part!r} is not a key of {where}{note}; "
+                             f"valid keys are {valid}")
         if depth < len(path):
             section = section[part]
     hint = typing.get_type_hints(OmegaConf.get_type(section))[leaf]
@@ -153,6 +160,18 @@ def _set(cfg: DictConfig, key: str, value: Any) -> None:
     except OmegaConfBaseException:
         name = str(hint).replace("typing.", "") if typing.get_args(hint) else getattr(hint, "__name__", hint)
         raise ValueError(f"config key {key} expects {name}, got {value!r} ({type(value).__name__})") from None
+
+
+def _settable(f: dataclasses.Field) -> bool:
+    """False for a field that another key sets (`metadata["set_by"]`): it is neither read nor written."""
+    return "set_by" not in f.metadata
+
+
+def _set_by(section: DictConfig) -> dict[str, str]:
+    """The fields of a section's dataclass that another key sets: name -> that key."""
+    schema = OmegaConf.get_type(section)
+    fields = dataclasses.fields(schema) if dataclasses.is_dataclass(schema) else ()
+    return {f.name: f.metadata["set_by"] for f in fields if not _settable(f)}
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:

@@ -271,3 +271,13 @@ def test_the_eva_token_types_are_the_models():
     assert bool(mask.all())
     with pytest.raises(ValueError, match=r"must be a non-empty list out of \['state', 'rtg', 'action', 'reward'\]"):
         EvaSettings(token_types=["states"])
+
+
+def test_the_models_scales_are_set_by_the_data_section_only():
+    """`data.rtg_scale` / `data.reward_scale` set the model's own scaling; `model.rtg_scale` is not a key,
+    and config.yaml names the scales once (under data:), as every earlier version wrote them."""
+    cfg = load_config(PretrainConfig, None, ["data.rtg_scale=300", "data.reward_scale=50"])
+    assert (cfg.model.rtg_scale, cfg.model.reward_scale) == (300.0, 50.0)
+    assert "rtg_scale" not in config_to_dict(cfg)["model"] and config_to_dict(cfg)["data"]["rtg_scale"] == 300.0
+    with pytest.raises(ValueError, match=r"'model.rtg_scale'.*set by data.rtg_scale"):
+        load_config(PretrainConfig, None, ["model.rtg_scale=300"])

@@ -33,10 +33,12 @@ CONTRACT_TASK_KEYS = {
 }
 
 
-def tiny_dt(token_layout: str = "s,R,a,r", context_len: int = 8, dtype=torch.float64) -> DecisionTransformer:
-    """A tiny DT with random weights whose actions react visibly to states, RTG and rewards."""
+def tiny_dt(token_layout: str = "s,R,a,r", context_len: int = 8, dtype=torch.float64, **scales) -> DecisionTransformer:
+    """A tiny DT with random weights whose actions react visibly to states, RTG and rewards; `scales`:
+    its `rtg_scale` / `reward_scale`."""
     torch.manual_seed(0)
-    cfg = DTConfig.tiny(hidden_size=32, n_layer=2, n_head=2, context_len=context_len, token_layout=token_layout)
+    cfg = DTConfig.tiny(hidden_size=32, n_layer=2, n_head=2, context_len=context_len, token_layout=token_layout,
+                        **scales)
     model = DecisionTransformer(cfg)
     with torch.no_grad():  # larger random weights than the GPT-2 init: actions away from 0
         torch.nn.init.normal_(model.action_head.weight, std=1.0)
@@ -108,12 +110,12 @@ def test_evaluation_layouts_are_disjoint_from_collection_and_distinct():
 # --- the batched rollout ------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_batched_rollout_equals_one_episode_at_a_time():
-    model = tiny_dt("s,R,a,r")
+    model = tiny_dt("s,R,a,r", rtg_scale=150.0, reward_scale=40.0)  # distinct, so a swapped scale shows
     tasks, episodes, seed, target = ["reach", "push"], 2, 3, 900.0
     # 3 envs in lock-step for 4 episodes: chunks of mixed tasks and a short last chunk
-    scales = dict(rtg_scale=150.0, reward_scale=40.0)  # distinct, so a swapped scale shows
     result = evaluate_policy(model, tasks, episodes=episodes, seed=seed, target_returns=target,
-                             num_envs=3, progress=False, **scales)
+                             num_envs=3, progress=False)
+    assert (result["rtg_scale"], result["reward_scale"]) == (150.0, 40.0)  # the model's own scaling
 
     with eval_mode(model):
         for task in tasks:
@@ -123,7 +125,7 @@ def test_batched_rollout_equals_one_episode_at_a_time():
                 mt1_seed, index = episode_layout(seed, j)
                 assert mt1_seed == episode_layout(seed, 0)[0]
                 fix_goal(env, index)
-                ref = rollout_reference_episode(model, env, target, **scales)
+                ref = rollout_reference_episode(model, env, target)
                 assert ref.actions.shape == (1, EPISODE_LENGTH, 4)
                 np.testing.assert_allclose(entry["return_per_episode"][j], ref.returns[0], rtol=1e-9)
                 any_, final = episode_success(ref.successes)
@@ -143,7 +145,7 @@ def test_lockstep_actions_equal_reference_actions():
 
     from dt_eva.evaluation import LayoutEnv, rollout_lockstep
 
-    model = tiny_dt("R,s,a", context_len=5)
+    model = tiny_dt("R,s,a", context_len=5, rtg_scale=100.0, reward_scale=50.0)
     layouts = [episode_layout(0, 0), episode_layout(0, 7)]
     envs = [LayoutEnv("reach") for _ in layouts]
     for env, layout in zip(envs, layouts):
@@ -151,11 +153,11 @@ def test_lockstep_actions_equal_reference_actions():
     vec = gym.vector.SyncVectorEnv([lambda e=e: e for e in envs])
     targets = np.array([500.0, 1200.0])
     with eval_mode(model):
-        batch = rollout_lockstep(model, vec, targets, rtg_scale=100.0, reward_scale=50.0)
+        batch = rollout_lockstep(model, vec, targets)
         env = make_env("reach", layouts[0][0])  # both layouts come from this MT1 seed
         for i, (_, index) in enumerate(layouts):
             fix_goal(env, index)
-            ref = rollout_reference_episode(model, env, targets[i], rtg_scale=100.0, reward_scale=50.0)
+            ref = rollout_reference_episode(model, env, targets[i])
             np.testing.assert_allclose(batch.actions[i], ref.actions[0], rtol=0, atol=1e-6)
             np.testing.assert_array_equal(batch.successes[i], ref.successes[0])
             np.testing.assert_allclose(batch.rewards[i], ref.rewards[0], rtol=1e-9)
@@ -206,8 +208,8 @@ def test_bad_input_errors():
         evaluate_policy(model, "hammer", episodes=0, target_returns=1.0, progress=False)
     with pytest.raises(ValueError, match="num_envs"):
         evaluate_policy(model, "hammer", episodes=1, target_returns=1.0, num_envs=0, progress=False)
-    with pytest.raises(ValueError, match="rtg_scale"):
-        evaluate_policy(model, "hammer", episodes=1, target_returns=1.0, rtg_scale=0.0, progress=False)
+    with pytest.raises(ValueError, match="rtg_scale"):  # the model carries the scaling: checked when built
+        tiny_dt(rtg_scale=0.0)
     wrong = DecisionTransformer(DTConfig.tiny(state_dim=17, hidden_size=32, n_head=2, n_layer=1))
     with pytest.raises(ValueError, match="state_dim=17.*Meta-World"):
         evaluate_policy(wrong, "hammer", episodes=1, target_returns=1.0, progress=False)
@@ -282,7 +284,7 @@ class RecordingGroup:
         pass
 
 
-def _recorded_rollout(model, task, layouts, targets, autocast_dtype, **scales):
+def _recorded_rollout(model, task, layouts, targets, autocast_dtype):
     import gymnasium as gym
 
     from dt_eva.evaluation import LayoutEnv
@@ -293,7 +295,7 @@ def _recorded_rollout(model, task, layouts, targets, autocast_dtype, **scales):
         env.layout = layout
     group = RecordingGroup(gym.vector.SyncVectorEnv([lambda e=e: e for e in envs]))
     with eval_mode(model):
-        batch = rollout_groups(model, [group], targets, autocast_dtype=autocast_dtype, **scales)
+        batch = rollout_groups(model, [group], targets, autocast_dtype=autocast_dtype)
     for env in envs:
         env.close()
     return batch, np.stack(group.observations[:EPISODE_LENGTH], axis=1)  # [N, 200, 39]: obs seen at each step
@@ -327,18 +329,18 @@ def _replay_actions(model, observations, batch, targets, rtg_scale, reward_scale
 def test_fp32_rollout_equals_reference_and_bf16_rollout_stays_within_bf16_tolerance(monkeypatch):
     from dt_eva.utils import precision as precision_module
 
-    model = tiny_dt(dtype=torch.float32)
+    scales = dict(rtg_scale=150.0, reward_scale=40.0)
+    model = tiny_dt(dtype=torch.float32, **scales)
     layouts = [episode_layout(0, 0), episode_layout(0, 3)]
     targets = np.array([700.0, 1100.0])
-    scales = dict(rtg_scale=150.0, reward_scale=40.0)
 
     # fp32: the inference fast path plays the same episodes as the reference (full forward per step)
-    fp32, fp32_obs = _recorded_rollout(model, "push", layouts, targets, None, **scales)
+    fp32, fp32_obs = _recorded_rollout(model, "push", layouts, targets, None)
     env = make_env("push", layouts[0][0])
     with eval_mode(model):
         for i, (_, index) in enumerate(layouts):
             fix_goal(env, index)
-            ref = rollout_reference_episode(model, env, targets[i], **scales)
+            ref = rollout_reference_episode(model, env, targets[i])
             np.testing.assert_allclose(fp32.actions[i], ref.actions[0], rtol=0, atol=1e-5)
             # fp32 rounding of two different forwards (~1e-7 in the actions) moves MuJoCo's rewards slightly
             np.testing.assert_allclose(fp32.rewards[i], ref.rewards[0], rtol=1e-3, atol=1e-5)
@@ -351,7 +353,7 @@ def test_fp32_rollout_equals_reference_and_bf16_rollout_stays_within_bf16_tolera
     monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: True)
     from dt_eva.utils.precision import resolve_precision
 
-    bf16, bf16_obs = _recorded_rollout(model, "push", layouts, targets, resolve_precision("auto", "cpu"), **scales)
+    bf16, bf16_obs = _recorded_rollout(model, "push", layouts, targets, resolve_precision("auto", "cpu"))
     replayed = _replay_actions(model, bf16_obs, bf16, targets, **scales)
     error = np.abs(bf16.actions - replayed)
     assert error.max() < 0.05 and error.mean() < 0.01, (error.max(), error.mean())

@@ -334,7 +334,7 @@ def test_heldout_loss_is_logged_at_every_evaluation_step(workspace, tmp_path):
     logged = {r["step"]: r["heldout/loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "heldout/loss" in r}
     assert sorted(logged) == [2, 4]
     model, _ = load_finetune_model(run_dir, merged=False)
-    batches = heldout_batches(load_dataset(workspace["data"], tasks=["hammer"]), "hammer-v3", 5, 200.0, 200.0)
+    batches = heldout_batches(load_dataset(workspace["data"], tasks=["hammer"]), "hammer-v3", model.cfg)
     assert sum(int(b["states"].shape[0]) for b in batches) == 2 * 40  # 2 episodes x 40 windows of 5 steps
     assert logged[4] == pytest.approx(heldout_loss(model, batches), rel=1e-6)
     assert json.loads((run_dir / "summary.json").read_text())["heldout_loss"] == logged[4]
@@ -383,7 +383,7 @@ def test_pinned_fp32_finetune_evaluates_in_fp32_on_a_cpu_with_native_bf16(worksp
         summary = json.loads((run_dir / "summary.json").read_text())
         assert summary["precision"] == want and summary["machines"] == [precision_module.cpu_model()]
         model, _ = load_finetune_model(run_dir, merged=False)
-        batches = heldout_batches(load_dataset(workspace["data"], tasks=["hammer"]), "hammer-v3", 5, 200.0, 200.0)
+        batches = heldout_batches(load_dataset(workspace["data"], tasks=["hammer"]), "hammer-v3", model.cfg)
         dtype = torch.bfloat16 if want == "bf16" else None
         assert summary["heldout_loss"] == heldout_loss(model, batches, dtype)  # the probe ran at the run's precision
         again = evaluate_run(run_dir, episodes=1, progress=False)  # default: the run's own precision

@@ -7,7 +7,7 @@ Imports torch only; safetensors (save/load) and peft (`dt_eva.adapters.adalora`)
 
 from dt_eva.adapters.init import EVA_INITS, INITS
 from dt_eva.adapters.inject import (
-    METHODS,
+    ADAPTER_METHODS,
     adapter_layers,
     adapter_parameters,
     describe_adapters,
@@ -27,7 +27,7 @@ from dt_eva.adapters.io import (
 from dt_eva.adapters.layers import DoraLayer, LoraLayer, is_adaptable
 
 __all__ = [
-    "METHODS",
+    "ADAPTER_METHODS",
     "INITS",
     "EVA_INITS",
     "LoraLayer",

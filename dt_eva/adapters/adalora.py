@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from dt_eva.eva.matching import is_conv1d, match_modules
+
 __all__ = ["AdaLoraAdapter", "apply_adalora"]
 
 ADAPTER_NAME = "default"
@@ -120,23 +122,7 @@ def apply_adalora(
         from peft.tuners.adalora import AdaLoraModel
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError("AdaLoRA needs PEFT: pip install 'dt-eva[peft]'") from err
-    from dt_eva.eva import match_modules
-
-    if not (1 <= target_r <= init_r):
-        raise ValueError(f"AdaLoRA needs 1 <= target_r <= init_r, got target_r={target_r}, init_r={init_r}")
-    if total_steps <= tinit + tfinal:
-        raise ValueError(
-            f"AdaLoRA total_steps={total_steps} leaves no budgeting phase after tinit={tinit} and "
-            f"tfinal={tfinal}; increase total_steps or lower tinit / tfinal"
-        )
-    names = [name for name, _ in match_modules(model, target_modules)]
-    for name in names:
-        module = model.get_submodule(name)
-        width = min(module.weight.shape)
-        if init_r > width:
-            raise ValueError(f"AdaLoRA init_r={init_r} exceeds min(in, out) = {width} of layer {name!r}")
-    from dt_eva.eva.matching import is_conv1d
-
+    names = _checked_targets(model, target_modules, init_r, target_r, total_steps, tinit, tfinal)
     # PEFT wants fan_in_fan_out for Conv1D (it flips the flag per layer and warns otherwise)
     all_conv1d = all(is_conv1d(model.get_submodule(n)) for n in names)
     pattern = "^(?:" + "|".join(re.escape(n) for n in names) + ")$"
@@ -157,3 +143,21 @@ def apply_adalora(
     )
     tuner = AdaLoraModel(model, config, ADAPTER_NAME)
     return AdaLoraAdapter(model, tuner, names)
+
+
+def _checked_targets(model: nn.Module, target_modules: Any, init_r: int, target_r: int, total_steps: int,
+                     tinit: int, tfinal: int) -> list[str]:
+    """The full names of the target layers, once the ranks and the schedule are known to fit them."""
+    if not (1 <= target_r <= init_r):
+        raise ValueError(f"AdaLoRA needs 1 <= target_r <= init_r, got target_r={target_r}, init_r={init_r}")
+    if total_steps <= tinit + tfinal:
+        raise ValueError(
+            f"AdaLoRA total_steps={total_steps} leaves no budgeting phase after tinit={tinit} and "
+            f"tfinal={tfinal}; increase total_steps or lower tinit / tfinal"
+        )
+    names = [name for name, _ in match_modules(model, target_modules)]
+    for name in names:
+        width = min(model.get_submodule(name).weight.shape)
+        if init_r > width:
+            raise ValueError(f"AdaLoRA init_r={init_r} exceeds min(in, out) = {width} of layer {name!r}")
+    return names

@@ -11,7 +11,7 @@ from dt_eva.adapters import init as inits
 from dt_eva.adapters.layers import ADAPTER_CLASSES, DoraLayer, LoraLayer, weight_shape
 
 __all__ = [
-    "METHODS",
+    "ADAPTER_METHODS",
     "inject_adapters",
     "adapter_layers",
     "adapter_parameters",
@@ -23,7 +23,9 @@ __all__ = [
 
 logger = logging.getLogger("dt_eva.adapters")
 
-METHODS = tuple(ADAPTER_CLASSES)
+#: the adapter methods `inject_adapters(method=...)` takes ("lora", "dora"); the fine-tuning methods
+#: built on them are `dt_eva.methods.METHODS`
+ADAPTER_METHODS = tuple(ADAPTER_CLASSES)
 # inits that rewrite the frozen base weight (its residual has to be saved with the adapter)
 RESIDUAL_INITS = ("pissa", "olora")
 
@@ -62,8 +64,32 @@ def inject_adapters(
     Only adapter parameters are left trainable (every other parameter of `model` is frozen).
     Returns `{module name: rank}` of the wrapped modules; modules with rank 0 are left as they were.
     """
+    _check_arguments(model, method, init, rank, ranks, alpha, dropout, eva)
+    if target_modules is None and init in inits.EVA_INITS:
+        target_modules = sorted(eva.ranks)
+    names = _target_names(model, target_modules)
+    modules = dict(model.named_modules())
+    plan = _plan(modules, names, init, eva, rank, ranks, alpha, adjust_alpha)  # validates before the model changes
+    wrapped: dict[str, int] = {}
+    for name, (r, layer_alpha) in plan.items():
+        layer = ADAPTER_CLASSES[method](modules[name], r, layer_alpha, dropout)
+        layer.init_name = init
+        _apply_init(layer, init, eva, name)
+        if isinstance(layer, DoraLayer):
+            layer.init_magnitude()
+        _set_submodule(model, name, layer)
+        wrapped[name] = r
+    _freeze_all_but_adapters(model)
+    logger.info("adapters: %s (%s init) on %d modules, %d with rank 0 left unwrapped\n%s", method, init,
+                len(wrapped), len([n for n in names if n not in plan]), describe_adapters(model))
+    return wrapped
+
+
+def _check_arguments(model: nn.Module, method: str, init: str, rank: int, ranks: Mapping[str, int] | None,
+                     alpha: float, dropout: float, eva: Any) -> None:
+    """`inject_adapters`' arguments, each checked on its own and against the others."""
     if method not in ADAPTER_CLASSES:
-        raise ValueError(f"unknown adapter method {method!r}; valid: {', '.join(METHODS)}")
+        raise ValueError(f"unknown adapter method {method!r}; valid: {', '.join(ADAPTER_METHODS)}")
     if init not in inits.INITS:
         raise ValueError(f"unknown adapter init {init!r}; valid: {', '.join(inits.INITS)}")
     if adapter_layers(model):
@@ -77,7 +103,6 @@ def inject_adapters(
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     if alpha <= 0:
         raise ValueError(f"alpha must be > 0, got {alpha}")
-
     uses_eva = init in inits.EVA_INITS
     if uses_eva and eva is None:
         raise ValueError(f"init={init!r} needs an EvaResult: pass eva=compute_eva(...)")
@@ -86,12 +111,12 @@ def inject_adapters(
     if uses_eva and ranks is not None:
         raise ValueError(f"init={init!r} takes its ranks from the EvaResult; do not pass ranks=")
 
-    if target_modules is None and uses_eva:
-        target_modules = sorted(eva.ranks)
-    names = _target_names(model, target_modules)
-    modules = dict(model.named_modules())
 
-    if uses_eva:
+def _plan(modules: Mapping[str, nn.Module], names: list[str], init: str, eva: Any, rank: int,
+          ranks: Mapping[str, int] | None, alpha: float, adjust_alpha: bool) -> dict[str, tuple[int, float]]:
+    """`{module name: (rank, alpha)}` of the modules to wrap (rank 0 ones left out); raises before
+    anything is wrapped when a rank does not fit its layer or the EvaResult lacks an entry."""
+    if init in inits.EVA_INITS:
         missing = [n for n in names if n not in eva.ranks]
         if missing:
             raise ValueError(
@@ -103,13 +128,9 @@ def inject_adapters(
     else:
         module_ranks = _resolve_ranks(names, rank, ranks)
         reference_rank = rank
-
-    # validate everything before touching the model, so a bad call leaves it unchanged
     plan: dict[str, tuple[int, float]] = {}
-    for name in names:
+    for name in (n for n in names if module_ranks[n] != 0):
         r = module_ranks[name]
-        if r == 0:
-            continue
         in_features, out_features = weight_shape(modules[name])
         if r > min(in_features, out_features):
             raise ValueError(
@@ -118,32 +139,10 @@ def inject_adapters(
             )
         if init in ("eva", "eva_whiten"):
             _check_eva_entry(eva, name, r, in_features, needs_sv=init == "eva_whiten")
-        layer_alpha = alpha * r / reference_rank if adjust_alpha else alpha
-        plan[name] = (r, float(layer_alpha))
+        plan[name] = (r, float(alpha * r / reference_rank if adjust_alpha else alpha))
     if not plan:
         raise ValueError("every target module has rank 0; nothing to adapt")
-
-    wrapped: dict[str, int] = {}
-    for name, (r, layer_alpha) in plan.items():
-        layer = ADAPTER_CLASSES[method](modules[name], r, layer_alpha, dropout)
-        layer.init_name = init
-        _apply_init(layer, init, eva, name)
-        if isinstance(layer, DoraLayer):
-            layer.init_magnitude()
-        _set_submodule(model, name, layer)
-        wrapped[name] = r
-
-    _freeze_all_but_adapters(model)
-    skipped = [n for n in names if n not in plan]
-    logger.info(
-        "adapters: %s (%s init) on %d modules, %d with rank 0 left unwrapped\n%s",
-        method,
-        init,
-        len(wrapped),
-        len(skipped),
-        describe_adapters(model),
-    )
-    return wrapped
+    return plan
 
 
 def adapter_layers(model: nn.Module) -> dict[str, LoraLayer]:

@@ -109,26 +109,7 @@ def rollout_task(
                 env_seeds.append(collection_env_seed(seed, ep // EPISODES_PER_ENV_SEED))
                 env = make_env(task, env_seeds[-1], max_episode_steps=T)
             rng = np.random.default_rng([int(seed), task_index, ep])
-            obs, _ = env.reset()
-            for t in range(T):
-                arrays["observations"][ep, t] = obs
-                if t < prefix:
-                    action = rng.uniform(-1.0, 1.0, size=4)
-                else:
-                    action = np.asarray(policy.get_action(obs), dtype=np.float64)
-                    if noise_std > 0:
-                        action = action + rng.normal(0.0, noise_std, size=action.shape)
-                action = np.clip(action, -1.0, 1.0).astype(np.float32)
-                obs, reward, terminated, truncated, info = env.step(action)
-                arrays["actions"][ep, t] = action
-                rewards64[ep, t] = float(reward)
-                arrays["successes"][ep, t] = bool(info["success"] >= 1.0)
-                last = t == T - 1
-                if terminated or truncated != last:
-                    raise RuntimeError(
-                        f"{task}: episode {ep} ended unexpectedly at step {t + 1} "
-                        f"(terminated={terminated}, truncated={truncated}); expected {T} steps"
-                    )
+            _play_episode(env, policy, rng, noise_std, prefix, arrays, rewards64, ep, task)
             arrays["noise"][ep] = noise_std
             arrays["random_prefix"][ep] = prefix
             if on_episode is not None:
@@ -148,6 +129,33 @@ def rollout_task(
         "env_steps_per_s": round(episodes * T / max(seconds, 1e-9), 1),
     }
     return arrays, info
+
+
+def _play_episode(env: Any, policy: Any, rng: np.random.Generator, noise_std: float, prefix: int,
+                  arrays: dict[str, np.ndarray], rewards64: np.ndarray, ep: int, task: str) -> None:
+    """One 200-step episode into row `ep` of `arrays` (rewards in float64 into `rewards64`): `prefix`
+    uniform-random steps, then the expert's action plus N(0, noise_std) noise, clipped to [-1, 1]."""
+    T = EPISODE_LENGTH
+    obs, _ = env.reset()
+    for t in range(T):
+        arrays["observations"][ep, t] = obs
+        if t < prefix:
+            action = rng.uniform(-1.0, 1.0, size=4)
+        else:
+            action = np.asarray(policy.get_action(obs), dtype=np.float64)
+            if noise_std > 0:
+                action = action + rng.normal(0.0, noise_std, size=action.shape)
+        action = np.clip(action, -1.0, 1.0).astype(np.float32)
+        obs, reward, terminated, truncated, info = env.step(action)
+        arrays["actions"][ep, t] = action
+        rewards64[ep, t] = float(reward)
+        arrays["successes"][ep, t] = bool(info["success"] >= 1.0)
+        last = t == T - 1
+        if terminated or truncated != last:
+            raise RuntimeError(
+                f"{task}: episode {ep} ended unexpectedly at step {t + 1} "
+                f"(terminated={terminated}, truncated={truncated}); expected {T} steps"
+            )
 
 
 def task_stats(returns: np.ndarray, successes: np.ndarray | None, noise: np.ndarray | None = None,
@@ -253,36 +261,16 @@ def collect_dataset(
     task_list = resolve_tasks(tasks)
     noise_levels, random_prefixes = _check_args(episodes, noise_levels, random_prefixes, seed, workers)
     shared = {k: v for k, v in task_params("", episodes, noise_levels, random_prefixes, seed).items() if k != "task"}
-    meta_path = out / METADATA_FILE
-    recorded: list[str] = []
-    if meta_path.exists():
-        old = load_json_object(meta_path, required=True, error=DatasetError)
-        if "source" in old:
-            raise ValueError(
-                f"{out} holds a dataset imported from {old['source'].get('kind', 'elsewhere')} "
-                f"({old['source'].get('path')}); `dt-eva collect` cannot add to it: choose another --out"
-            )
-        old_params = {k: old.get(k) for k in shared}
-        if old_params != shared:
-            raise ValueError(
-                f"{out} already holds a dataset collected with {old_params}, not {shared}: "
-                "choose another --out, or delete it"
-            )
-        recorded = list(old.get("tasks", []))
+    recorded = _recorded_tasks(out, shared)
     out.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(out, sorted(set(task_list) | set(recorded)))
 
     infos: dict[str, dict] = {}
-    todo: list[str] = []
-    skipped: list[str] = []
     for task in task_list:
         info = _existing_task(out / task, {**shared, "task": task})
-        if info is None:
-            todo.append(task)
-        else:
+        if info is not None:
             infos[task] = info
-            skipped.append(task)
-
+    todo, skipped = [t for t in task_list if t not in infos], [t for t in task_list if t in infos]
     start = time.perf_counter()
     if todo:
         infos.update(_run_tasks(out, todo, episodes, noise_levels, random_prefixes, seed, workers, progress))
@@ -293,7 +281,8 @@ def collect_dataset(
         if task not in infos:  # recorded by an earlier call, not requested now: re-verify
             info = _existing_task(out / task, {**shared, "task": task})
             if info is None:
-                raise DatasetError(f"{out / task} is listed in {meta_path} but missing or damaged; re-run with --tasks {task}")
+                raise DatasetError(f"{out / task} is listed in {out / METADATA_FILE} but missing or damaged; "
+                                   f"re-run with --tasks {task}")
             infos[task] = info
     env_steps = len(todo) * episodes * EPISODE_LENGTH
     run = {
@@ -304,19 +293,47 @@ def collect_dataset(
         "env_steps_per_s": round(env_steps / seconds, 1) if todo and seconds > 0 else None,
         "workers": min(workers, max(1, len(todo))),
     }
-    stats = {t: infos[t]["stats"] for t in all_tasks}
-    metadata = {
+    metadata = _metadata(out, shared, {t: infos[t] for t in all_tasks}, episodes, run)
+    atomic_write_json(out / METADATA_FILE, metadata)
+    return {**metadata, "run": run}
+
+
+def _recorded_tasks(out: Path, shared: dict) -> list[str]:
+    """The tasks `out/metadata.json` lists ([] when there is none); a dataset made with other
+    parameters, or imported, is an error."""
+    meta_path = out / METADATA_FILE
+    if not meta_path.exists():
+        return []
+    old = load_json_object(meta_path, required=True, error=DatasetError)
+    if "source" in old:
+        raise ValueError(
+            f"{out} holds a dataset imported from {old['source'].get('kind', 'elsewhere')} "
+            f"({old['source'].get('path')}); `dt-eva collect` cannot add to it: choose another --out"
+        )
+    old_params = {k: old.get(k) for k in shared}
+    if old_params != shared:
+        raise ValueError(
+            f"{out} already holds a dataset collected with {old_params}, not {shared}: "
+            "choose another --out, or delete it"
+        )
+    return list(old.get("tasks", []))
+
+
+def _metadata(out: Path, shared: dict, infos: dict[str, dict], episodes: int, run: dict) -> dict:
+    """metadata.json of the dataset at `out` whose tasks (in order) have the task.json `infos`."""
+    stats = {t: info["stats"] for t, info in infos.items()}
+    return {
         **shared,
         "name": out.name,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "tasks": all_tasks,
+        "tasks": list(infos),
         "episodes_per_task": episodes,
         "episode_length": EPISODE_LENGTH,
         "policy": POLICY_DESCRIPTION,
         "env_seeds": {
             "rule": "MT1 seed = base + 1000 * seed + episode // episodes_per_env_seed",
             "base": ENV_SEED_BASE,
-            "per_task": {t: infos[t]["env_seeds"] for t in all_tasks},
+            "per_task": {t: info["env_seeds"] for t, info in infos.items()},
         },
         "noise_seeds": "numpy.random.default_rng([seed, MT50 index of the task, episode])",
         "versions": library_versions(),
@@ -324,8 +341,6 @@ def collect_dataset(
         "mean": mean_over_tasks(stats),
         "last_run": run,
     }
-    atomic_write_json(meta_path, metadata)
-    return {**metadata, "run": run}
 
 
 def _check_args(episodes: int, noise_levels: Sequence[float], random_prefixes: Sequence[int], seed: int,

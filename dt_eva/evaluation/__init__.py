@@ -14,8 +14,9 @@ from dt_eva.evaluation.metrics import (
     summarize_task,
     update_returns_to_go,
 )
-from dt_eva.evaluation.rollout import EpisodeBatch, eval_mode, rollout_lockstep, rollout_reference_episode
+from dt_eva.evaluation.rollout import EpisodeBatch, rollout_lockstep, rollout_reference_episode
 from dt_eva.evaluation.slots import EVAL_SEED_OFFSET, LayoutEnv, SlotPool, episode_layout, task_layouts
+from dt_eva.models import eval_mode
 
 __all__ = [
     "DEFAULT_MAX_ENVS",

@@ -36,8 +36,9 @@ from dt_eva.evaluation.env_workers import (
     split_evenly,
     usable_cores,
 )
-from dt_eva.evaluation.rollout import eval_mode, model_device_dtype, rollout_groups
+from dt_eva.evaluation.rollout import model_device_dtype, rollout_groups
 from dt_eva.evaluation.slots import LayoutEnv, SlotPool, check_eval_seed, episode_layout, task_layouts
+from dt_eva.models import eval_mode
 from dt_eva.utils.precision import check_resolved, cpu_model, precision_name
 
 #: Lock-step envs when `num_envs` is None: all episodes at once up to this many (each env holds
@@ -49,7 +50,7 @@ FORWARD_GROUPS = 2
 
 def evaluate_policy(
     model: nn.Module, tasks: str | Iterable[str], episodes: int = 30, seed: int = 0,
-    target_returns: float | Mapping[str, float] | None = None, rtg_scale: float = 200.0, reward_scale: float = 200.0,
+    target_returns: float | Mapping[str, float] | None = None,
     num_envs: int | None = None, device: str = "cpu", progress: bool = True, video_dir: str | Path | None = None, *,
     dataset: Any = None, asynchronous: bool = False, autocast_dtype: torch.dtype | None = None,
     env_workers: int | None = None,
@@ -59,13 +60,13 @@ def evaluate_policy(
     Args:
         model: a `dt_eva.models.DecisionTransformer` (or anything with its `cfg` and
             `predict_last_action`); moved to `device`, run in eval mode (its train flag is restored).
+            Its `cfg.rtg_scale` / `cfg.reward_scale` divide returns-to-go / rewards before they reach
+            it (as in training); R <- min(R - r / rtg_scale, R0) in scaled units after every step.
         tasks: `"cw10"`, `"mt40"`, a comma list or a list of task names.
         episodes: episodes per task; episode j plays layout `episode_layout(seed, j)`.
         seed: evaluation seed; MT1 seeds `seed + 10_000 + j // 50` (disjoint from training data).
         target_returns: raw target return, one number for all tasks or a task -> number mapping;
             tasks without one use the maximum return in `dataset` (the paper's rule).
-        rtg_scale, reward_scale: divide returns-to-go / rewards before they reach the model (as in
-            training); R <- min(R - r / rtg_scale, R0) in scaled units after every step.
         num_envs: envs stepped in lock-step (one forward per step for all); None = all episodes
             of all tasks, at most `DEFAULT_MAX_ENVS`.
         video_dir: if given, a GIF of episode 0 of every task goes there when rendering works
@@ -87,7 +88,7 @@ def evaluate_policy(
     """
     start = time.perf_counter()
     task_list = resolve_tasks(tasks)
-    _check_arguments(tasks, task_list, episodes, seed, num_envs, rtg_scale, reward_scale, env_workers)
+    _check_arguments(tasks, task_list, episodes, seed, num_envs, env_workers)
     check_model_fits_envs(model)
     targets = resolve_target_returns(task_list, target_returns, dataset)
     check_resolved(autocast_dtype, model_device_dtype(model)[1])
@@ -96,10 +97,8 @@ def evaluate_policy(
     model.to(device)
     jobs = [(task, j) for j in range(episodes) for task in task_list]  # episode-major: see module doc
     chunk = min(len(jobs), num_envs or DEFAULT_MAX_ENVS)
-    played = _play(model, jobs, chunk, seed, targets, (rtg_scale, reward_scale), autocast_dtype,
-                   _LockstepEnvs(asynchronous, workers), progress)
-    out = _result(task_list, targets, played, episodes, seed, chunk, workers, autocast_dtype, device,
-                  (rtg_scale, reward_scale))
+    played = _play(model, jobs, chunk, seed, targets, autocast_dtype, _LockstepEnvs(asynchronous, workers), progress)
+    out = _result(task_list, targets, played, episodes, seed, chunk, workers, autocast_dtype, device, model.cfg)
     if video_dir is not None:
         from dt_eva.evaluation.video import write_episode_gifs
 
@@ -109,8 +108,8 @@ def evaluate_policy(
     return out
 
 
-def _check_arguments(tasks: Any, task_list: list[str], episodes: Any, seed: Any, num_envs: Any, rtg_scale: Any,
-                     reward_scale: Any, env_workers: Any) -> None:
+def _check_arguments(tasks: Any, task_list: list[str], episodes: Any, seed: Any, num_envs: Any,
+                     env_workers: Any) -> None:
     """`ValueError` for the first argument of `evaluate_policy` out of its range, before anything is built."""
     if not task_list:
         raise ValueError(f"no tasks to evaluate in {tasks!r}; pass e.g. 'cw10' or 'hammer,push'")
@@ -118,9 +117,6 @@ def _check_arguments(tasks: Any, task_list: list[str], episodes: Any, seed: Any,
     check_eval_seed(seed, episodes)
     if num_envs is not None:
         _check_positive_int("num_envs", num_envs)
-    for name, value in (("rtg_scale", rtg_scale), ("reward_scale", reward_scale)):
-        if not isinstance(value, numbers.Real) or not value > 0 or not math.isfinite(value):
-            raise ValueError(f"{name} must be a positive number (the training data's scaling), got {value!r}")
     if env_workers is not None:
         _check_non_negative_int("env_workers", env_workers)
 
@@ -137,8 +133,7 @@ class _Played:
 
 
 def _play(model: nn.Module, jobs: list[tuple[str, int]], chunk: int, seed: int, targets: dict[str, float],
-          scales: tuple[float, float], autocast_dtype: torch.dtype | None, envs: "_LockstepEnvs",
-          progress: bool) -> _Played:
+          autocast_dtype: torch.dtype | None, envs: "_LockstepEnvs", progress: bool) -> _Played:
     """Play `jobs` ((task, episode) pairs) in lock-step chunks of `chunk` envs; `envs` is closed at the end."""
     from tqdm.auto import tqdm
 
@@ -157,8 +152,10 @@ def _play(model: nn.Module, jobs: list[tuple[str, int]], chunk: int, seed: int, 
                 groups = envs.prepare(batch_jobs, seed)
                 t0 = time.perf_counter()
                 try:
-                    result = rollout_groups(model, groups, np.array([targets[t] for t, _ in batch_jobs]), *scales,
-                                            on_step=bar.update, autocast_dtype=autocast_dtype)
+                    result = rollout_groups(
+                        model, groups, np.array([targets[t] for t, _ in batch_jobs]),
+                        on_step=bar.update, autocast_dtype=autocast_dtype,
+                    )
                 finally:
                     envs.release(groups)
                 played.seconds += time.perf_counter() - t0
@@ -175,8 +172,7 @@ def _play(model: nn.Module, jobs: list[tuple[str, int]], chunk: int, seed: int, 
 
 
 def _result(tasks: list[str], targets: dict[str, float], played: "_Played", episodes: int, seed: int, chunk: int,
-            workers: int, autocast_dtype: torch.dtype | None, device: str,
-            scales: tuple[float, float]) -> dict[str, Any]:
+            workers: int, autocast_dtype: torch.dtype | None, device: str, model_cfg: Any) -> dict[str, Any]:
     """The result dict of `evaluate_policy` (docs/architecture.md, "Evaluation"), `seconds` still 0."""
     per_task = {t: summarize_task(played.returns[t], played.successes[t], targets[t]) for t in tasks}
     return {
@@ -191,8 +187,8 @@ def _result(tasks: list[str], targets: dict[str, float], played: "_Played", epis
         "precision": precision_name(autocast_dtype),
         "device": str(device),
         "cpu": cpu_model(),
-        "rtg_scale": float(scales[0]),
-        "reward_scale": float(scales[1]),
+        "rtg_scale": float(model_cfg.rtg_scale),  # the model's own (docs/architecture.md)
+        "reward_scale": float(model_cfg.reward_scale),
     }
 
 

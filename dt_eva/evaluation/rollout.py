@@ -12,10 +12,9 @@ grown by concatenation, a full forward per step). It exists to check the batched
 
 from __future__ import annotations
 
-import contextlib
 from copy import deepcopy
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -45,18 +44,6 @@ def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     return p.device, p.dtype
 
 
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """`model.eval()` + `torch.inference_mode()`, restoring the train/eval flag afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        model.train(was_training)
-
-
 def _uses_rewards(model: nn.Module) -> bool:
     return "r" in model.cfg.layout_symbols
 
@@ -65,8 +52,6 @@ def rollout_lockstep(
     model: nn.Module,
     vec_env,
     target_returns: np.ndarray,
-    rtg_scale: float = 200.0,
-    reward_scale: float = 200.0,
     on_step: Callable[[int], None] | None = None,
     autocast_dtype: torch.dtype | None = None,
 ) -> EpisodeBatch:
@@ -74,14 +59,14 @@ def rollout_lockstep(
 
     `vec_env` is a gymnasium vector env whose sub-envs already know their next episode (e.g.
     `LayoutEnv` with `layout` set); it is reset here. `target_returns` `[N]` are raw (unscaled)
-    target returns. The model runs on its own device and dtype; call inside `eval_mode(model)`.
+    target returns; the model's `cfg.rtg_scale` / `cfg.reward_scale` scale its inputs. The model
+    runs on its own device and dtype; call inside `eval_mode(model)`.
     `on_step(n)` is called after every step with the number of env steps just taken.
     `autocast_dtype` (e.g. `torch.bfloat16`) runs the model's forwards under autocast.
     """
     from dt_eva.evaluation.env_workers import VectorEnvGroup
 
-    return rollout_groups(model, [VectorEnvGroup(vec_env)], target_returns, rtg_scale, reward_scale, on_step,
-                          autocast_dtype)
+    return rollout_groups(model, [VectorEnvGroup(vec_env)], target_returns, on_step, autocast_dtype)
 
 
 def low_precision_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
@@ -98,12 +83,58 @@ def low_precision_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     return copy
 
 
+class _Histories:
+    """N lock-step episodes: the model's pre-allocated inputs `[N, 200, .]` (scaled as in training)
+    and what the envs returned. The model reads views of the last `context_len` steps."""
+
+    def __init__(self, model: nn.Module, target_returns: np.ndarray) -> None:
+        cfg = model.cfg
+        self.device, self.dtype = device, dtype = model_device_dtype(model)
+        self.rtg_scale, self.reward_scale, self.k = cfg.rtg_scale, cfg.reward_scale, cfg.context_len
+        n, steps = len(target_returns), EPISODE_LENGTH
+        self.states = torch.zeros(n, steps, cfg.state_dim, device=device, dtype=dtype)
+        self.actions = torch.zeros(n, steps, cfg.act_dim, device=device, dtype=dtype)
+        self.rewards = torch.zeros(n, steps, 1, device=device, dtype=dtype)  # divided by reward_scale
+        self.rtg = torch.zeros(n, steps, 1, device=device, dtype=dtype)  # divided by rtg_scale
+        self.timesteps = torch.arange(steps, device=device).expand(n, steps)
+        self.use_rewards = _uses_rewards(model)
+        initial = torch.as_tensor(np.asarray(target_returns, dtype=np.float64) / self.rtg_scale, dtype=dtype)
+        self.initial = initial.to(device).view(n, 1)
+        self.current = self.initial.clone()
+        self.out = EpisodeBatch(np.zeros((n, steps, cfg.act_dim), dtype=np.float32),
+                                np.zeros((n, steps), dtype=np.float64), np.zeros((n, steps), dtype=bool))
+
+    def record(self, lo: int, hi: int, t: int, reward: np.ndarray, success: np.ndarray) -> None:
+        """Step `t`'s rewards and success flags of rows `lo:hi`; the next return-to-go follows."""
+        self.out.rewards[lo:hi, t] = reward
+        self.out.successes[lo:hi, t] = success
+        reward_t = torch.as_tensor(reward, dtype=self.dtype).to(self.device, non_blocking=True).view(hi - lo, 1)
+        self.rewards[lo:hi, t] = reward_t / self.reward_scale
+        self.current[lo:hi] = update_returns_to_go(self.current[lo:hi], reward_t, self.rtg_scale, self.initial[lo:hi])
+
+    def act(self, policy: nn.Module, lo: int, hi: int, t: int, obs: np.ndarray) -> np.ndarray:
+        """Observe `obs` at step `t` in rows `lo:hi` and return the actions the envs execute."""
+        start = max(0, t + 1 - self.k)
+        self.states[lo:hi, t] = torch.as_tensor(obs, dtype=self.dtype).to(self.device, non_blocking=True)
+        self.rtg[lo:hi, t] = self.current[lo:hi]
+        action = policy.predict_last_action(
+            self.states[lo:hi, start : t + 1],
+            self.actions[lo:hi, start : t + 1],  # step t's entry is still zero: a placeholder the model does not see
+            self.rtg[lo:hi, start : t + 1],
+            self.timesteps[lo:hi, start : t + 1],
+            self.rewards[lo:hi, start : t + 1] if self.use_rewards else None,
+        )
+        action = action.clamp(-1.0, 1.0)  # what the env executes, as in the training data
+        self.actions[lo:hi, t] = action
+        env_action = action.float().cpu().numpy()
+        self.out.actions[lo:hi, t] = env_action
+        return env_action
+
+
 def rollout_groups(
     model: nn.Module,
     groups: Sequence,
     target_returns: np.ndarray,
-    rtg_scale: float = 200.0,
-    reward_scale: float = 200.0,
     on_step: Callable[[int], None] | None = None,
     autocast_dtype: torch.dtype | None = None,
 ) -> EpisodeBatch:
@@ -115,78 +146,35 @@ def rollout_groups(
     while the model computes one group, the groups stepping in worker processes run their physics.
     Results depend only on the groups' sizes, not on where their envs step.
     """
-    cfg = model.cfg
-    device, dtype = model_device_dtype(model)
     sizes = [g.num_envs for g in groups]
-    n, steps, k = sum(sizes), EPISODE_LENGTH, cfg.context_len
-    if len(target_returns) != n:
-        raise ValueError(f"got {len(target_returns)} target returns for {n} envs")
+    if len(target_returns) != sum(sizes):
+        raise ValueError(f"got {len(target_returns)} target returns for {sum(sizes)} envs")
     bounds = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+    h = _Histories(model, target_returns)
 
-    # pre-allocated histories; the model reads views of the last `context_len` steps
-    states = torch.zeros(n, steps, cfg.state_dim, device=device, dtype=dtype)
-    actions = torch.zeros(n, steps, cfg.act_dim, device=device, dtype=dtype)
-    rewards = torch.zeros(n, steps, 1, device=device, dtype=dtype)  # scaled by reward_scale
-    rtg = torch.zeros(n, steps, 1, device=device, dtype=dtype)  # scaled by rtg_scale
-    timesteps = torch.arange(steps, device=device).expand(n, steps)
-    use_rewards = _uses_rewards(model)
-
-    initial = torch.as_tensor(np.asarray(target_returns, dtype=np.float64) / rtg_scale, dtype=dtype)
-    initial = initial.to(device).view(n, 1)
-    current = initial.clone()
-
-    out_actions = np.zeros((n, steps, cfg.act_dim), dtype=np.float32)
-    out_rewards = np.zeros((n, steps), dtype=np.float64)
-    out_success = np.zeros((n, steps), dtype=bool)
-
-    def record(lo: int, hi: int, t: int, reward: np.ndarray, success: np.ndarray) -> None:
-        out_rewards[lo:hi, t] = reward
-        out_success[lo:hi, t] = success
-        reward_t = torch.as_tensor(reward, dtype=dtype).to(device, non_blocking=True).view(hi - lo, 1)
-        rewards[lo:hi, t] = reward_t / reward_scale
-        current[lo:hi] = update_returns_to_go(current[lo:hi], reward_t, rtg_scale, initial[lo:hi])
+    def record(i: int, t: int, reward: np.ndarray, success: np.ndarray) -> None:
+        h.record(bounds[i], bounds[i + 1], t, reward, success)
         if on_step is not None:
-            on_step(hi - lo)
+            on_step(sizes[i])
 
     policy = model if autocast_dtype is None else low_precision_copy(model, autocast_dtype)
     first_obs = [g.reset() for g in groups]
-    with autocast(device, autocast_dtype):
-        for t in range(steps):
-            start = max(0, t + 1 - k)
+    with autocast(h.device, autocast_dtype):
+        for t in range(EPISODE_LENGTH):
             for i, group in enumerate(groups):
-                lo, hi = bounds[i], bounds[i + 1]
                 if t == 0:
                     obs = first_obs[i]
                 else:
                     obs, reward, success = group.step_wait()
-                    record(lo, hi, t - 1, reward, success)
-                states[lo:hi, t] = torch.as_tensor(obs, dtype=dtype).to(device, non_blocking=True)
-                rtg[lo:hi, t] = current[lo:hi]
-                action = policy.predict_last_action(
-                    states[lo:hi, start : t + 1],
-                    actions[lo:hi, start : t + 1],  # step t's entry is still zero: a placeholder the model does not see
-                    rtg[lo:hi, start : t + 1],
-                    timesteps[lo:hi, start : t + 1],
-                    rewards[lo:hi, start : t + 1] if use_rewards else None,
-                )
-                action = action.clamp(-1.0, 1.0)  # what the env executes, as in the training data
-                actions[lo:hi, t] = action
-                env_action = action.float().cpu().numpy()
-                out_actions[lo:hi, t] = env_action
-                group.step_async(env_action)
+                    record(i, t - 1, reward, success)
+                group.step_async(h.act(policy, bounds[i], bounds[i + 1], t, obs))
     for i, group in enumerate(groups):
         _, reward, success = group.step_wait()
-        record(bounds[i], bounds[i + 1], steps - 1, reward, success)
-    return EpisodeBatch(out_actions, out_rewards, out_success)
+        record(i, EPISODE_LENGTH - 1, reward, success)
+    return h.out
 
 
-def rollout_reference_episode(
-    model: nn.Module,
-    env,
-    target_return: float,
-    rtg_scale: float = 200.0,
-    reward_scale: float = 200.0,
-) -> EpisodeBatch:
+def rollout_reference_episode(model: nn.Module, env, target_return: float) -> EpisodeBatch:
     """One 200-step episode on one (already configured) gymnasium env, the unbatched way.
 
     Histories are grown by concatenation and the model gets a full forward over the last
@@ -196,7 +184,7 @@ def rollout_reference_episode(
     """
     cfg = model.cfg
     device, dtype = model_device_dtype(model)
-    k = cfg.context_len
+    k, rtg_scale, reward_scale = cfg.context_len, cfg.rtg_scale, cfg.reward_scale
     obs, _ = env.reset()
     initial = torch.tensor([[target_return / rtg_scale]], device=device, dtype=dtype)
     states = torch.as_tensor(obs, dtype=dtype, device=device).view(1, 1, -1)

@@ -80,7 +80,7 @@ def flatten_eval(result: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
-def make_eval_fn(tasks: list[str], targets: dict[str, float], data: Any, episodes: int, seed: int,
+def make_eval_fn(tasks: list[str], targets: dict[str, float], episodes: int, seed: int,
                  device: torch.device, results: dict[int, dict], autocast_dtype: torch.dtype | None
                  ) -> Callable[[torch.nn.Module, int], dict[str, float]]:
     """The Trainer's evaluation callback: online rollouts on `tasks` conditioned on `targets`, at the
@@ -89,8 +89,8 @@ def make_eval_fn(tasks: list[str], targets: dict[str, float], data: Any, episode
 
     def eval_fn(model: torch.nn.Module, step: int) -> dict[str, float]:
         result = evaluate_policy(
-            model, tasks, episodes=episodes, seed=seed, target_returns=targets, rtg_scale=data.rtg_scale,
-            reward_scale=data.reward_scale, device=str(device), progress=False, autocast_dtype=autocast_dtype,
+            model, tasks, episodes=episodes, seed=seed, target_returns=targets, device=str(device),
+            progress=False, autocast_dtype=autocast_dtype,
         )
         results[step] = {**result, "train_precision": precision_name(autocast_dtype)}
         return flatten_eval(result)

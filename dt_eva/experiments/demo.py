@@ -269,8 +269,7 @@ def heldout_loss(run_dir: Path, data_path: Path, task: str) -> dict[str, Any]:
     dataset = load_dataset(data_path, tasks=[task])
     k = model.cfg.context_len
     # one batch per episode: its EPISODE_LENGTH // K windows
-    batches = heldout_batches(dataset, task, k, rtg_scale=info["rtg_scale"], reward_scale=info["reward_scale"],
-                              batch_size=EPISODE_LENGTH // k)
+    batches = heldout_batches(dataset, task, model.cfg, batch_size=EPISODE_LENGTH // k)
     dtype = run_autocast_dtype(run_dir, info)  # the precision the run trained and is evaluated at
     per_episode = [offline_loss(model, [batch], dtype) for batch in batches]
     mse = mean_se(per_episode)

@@ -23,8 +23,7 @@ def run_eva(cfg: FinetuneConfig, base: PretrainedBase, dataset: Any, task: str,
     model = base.build(cfg.dropout).to(device)
     return compute_dt_eva(
         model, dataset, task, eva_config_of(cfg), token_types=cfg.eva.token_types, batch_size=cfg.eva.batch_size,
-        data_seed=data_seed, rtg_scale=cfg.data.rtg_scale, reward_scale=cfg.data.reward_scale,
-        device=device, autocast_dtype=autocast_dtype,
+        data_seed=data_seed, device=device, autocast_dtype=autocast_dtype,
     )
 
 
@@ -50,5 +49,4 @@ def save_eva_artifacts(result: Any, eva_dir: Path, extra: dict[str, Any] | None 
 
 
 def load_eva_result(eva_dir: Path) -> Any:
-
     return EvaResult.load(eva_dir)

@@ -76,8 +76,6 @@ def evaluate_run(
         episodes=episodes,
         seed=seed,
         target_returns=targets,
-        rtg_scale=float(info.get("rtg_scale", 200.0)),
-        reward_scale=float(info.get("reward_scale", 200.0)),
         num_envs=num_envs,
         device=device,
         progress=progress,

@@ -37,7 +37,7 @@ from dt_eva.experiments.common import (
     plan_run,
 )
 from dt_eva.experiments.eva_init import load_eva_result, run_eva, save_eva_artifacts
-from dt_eva.methods.model import MethodModel, adalora_ranks, build_method_model, check_rank_fits
+from dt_eva.methods.model import MethodModel, check_rank_fits
 from dt_eva.methods.registry import MethodSpec, resolve_method
 from dt_eva.models import DT_ADAPTER_TARGETS
 from dt_eva.runs.base import PretrainedBase, load_pretrained_base
@@ -45,7 +45,7 @@ from dt_eva.runs.configs import FinetuneConfig
 from dt_eva.runs.evals import write_eval_record
 from dt_eva.runs.guard import OpenRun
 from dt_eva.runs.layout import RunPaths
-from dt_eva.runs.policy import load_task_dataset, target_returns
+from dt_eva.runs.policy import adalora_schedule, load_task_dataset, method_model_of, target_returns
 from dt_eva.training import Trainer, TrainResult
 from dt_eva.training.checkpoint import seed_everything
 from dt_eva.training.distributed import DistContext, barrier, rank_seed
@@ -139,7 +139,7 @@ def _largest_rank(cfg: FinetuneConfig, spec: MethodSpec) -> tuple[int, str]:
         return (EvaConfig(rank=cfg.rank, rho=float(cfg.rho)).num_components,
                 f"EVA's components per layer round(rho * rank) = round({cfg.rho:g} * {cfg.rank})")
     if spec.kind == "adalora":
-        return adalora_ranks(cfg)[0], "AdaLoRA's initial rank"
+        return adalora_schedule(cfg).init_r, "AdaLoRA's initial rank"
     return cfg.rank, "rank"
 
 
@@ -165,7 +165,7 @@ def prepare_finetune(cfg: FinetuneConfig, resume: bool = False, force: bool = Fa
         on_main(dist, lambda: str(save_eva_artifacts(eva_result, paths.eva, extra)))
     # 4. model, sampler, trainer
     seed_everything(cfg.seed)  # adapter init and dropout streams are reproducible
-    method_model = build_method_model(cfg, v.spec, v.base, eva_result)
+    method_model = method_model_of(cfg, v.spec, v.base, eva_result)
     trainer, eval_results = _build_trainer(cfg, v, method_model, paths, dist, batch, autocast_dtype)
     return FinetuneSetup(cfg, paths, v.task, v.spec, v.base, v.dataset, method_model, trainer, resuming, run,
                          eva_result, eval_results)
@@ -186,8 +186,8 @@ def _build_trainer(cfg: FinetuneConfig, v: Validated, mm: MethodModel, paths: Ru
                    batch: int, autocast_dtype: torch.dtype | None) -> tuple[Trainer, dict[int, dict]]:
     seed_everything(rank_seed(cfg.seed, dist.rank))
     model_cfg = v.base.model_cfg
-    sampler = WindowSampler(v.dataset, model_cfg.context_len, batch, rtg_scale=cfg.data.rtg_scale,
-                            reward_scale=cfg.data.reward_scale, seed=rank_seed(cfg.seed, dist.rank), tasks=[v.task])
+    sampler = WindowSampler(v.dataset, model_cfg.context_len, batch, rtg_scale=model_cfg.rtg_scale,
+                            reward_scale=model_cfg.reward_scale, seed=rank_seed(cfg.seed, dist.rank), tasks=[v.task])
     train_cfg = cfg.train
     if (train_cfg.eval_episodes > 0 or v.heldout is not None) and train_cfg.eval_every == 0:
         # evaluate once, at the last step, through the loop: metrics.jsonl and TensorBoard get it too
@@ -213,7 +213,7 @@ def _eval_callback(cfg: FinetuneConfig, v: Validated, dist: DistContext, results
     None without `heldout_path`), both at the run's precision."""
     parts = []
     if cfg.train.eval_episodes > 0:
-        parts.append(make_eval_fn([v.task], target_returns(v.dataset, [v.task]), cfg.data, cfg.train.eval_episodes,
+        parts.append(make_eval_fn([v.task], target_returns(v.dataset, [v.task]), cfg.train.eval_episodes,
                                   cfg.seed, dist.device, results, autocast_dtype))
     if heldout_fn is not None:
         parts.append(heldout_fn)
@@ -227,8 +227,7 @@ def _heldout_callback(cfg: FinetuneConfig, v: Validated, autocast_dtype: torch.d
     without held-out data."""
     if v.heldout is None:
         return None
-    batches = heldout_batches(v.heldout, v.task, v.base.model_cfg.context_len, cfg.data.rtg_scale,
-                              cfg.data.reward_scale)
+    batches = heldout_batches(v.heldout, v.task, v.base.model_cfg)
     return lambda model, step: {"heldout/loss": heldout_loss(model, batches, autocast_dtype)}
 
 

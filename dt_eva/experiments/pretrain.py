@@ -115,12 +115,12 @@ def prepare_pretrain(cfg: PretrainConfig, resume: bool = False, force: bool = Fa
     seed_everything(cfg.seed)  # identical initial weights on every rank
     model = DecisionTransformer(cfg.model)
     seed_everything(rank_seed(cfg.seed, dist.rank))  # per-rank dropout stream
-    sampler = WindowSampler(dataset, cfg.model.context_len, batch, rtg_scale=cfg.data.rtg_scale,
-                            reward_scale=cfg.data.reward_scale, seed=rank_seed(cfg.seed, dist.rank))
+    sampler = WindowSampler(dataset, cfg.model.context_len, batch, rtg_scale=cfg.model.rtg_scale,
+                            reward_scale=cfg.model.reward_scale, seed=rank_seed(cfg.seed, dist.rank))
     eval_results: dict[int, dict] = {}
     eval_fn = None
     if cfg.train.eval_every > 0 and targets and dist.is_main:
-        eval_fn = make_eval_fn(list(targets), targets, cfg.data, cfg.train.eval_episodes, cfg.seed, dist.device,
+        eval_fn = make_eval_fn(list(targets), targets, cfg.train.eval_episodes, cfg.seed, dist.device,
                                eval_results, autocast_dtype)
     trainer = Trainer(
         WholeModel(model), sampler, cfg.optim, cfg.train, paths, dist=dist, eval_fn=eval_fn,

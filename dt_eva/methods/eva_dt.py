@@ -9,7 +9,6 @@ sampler of their own, so the training batch stream is the same with and without 
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
@@ -24,6 +23,7 @@ from dt_eva.models import DT_ADAPTER_TARGETS, TOKEN_TYPES
 # the training sampler's seed, so the two streams are independent.
 EVA_SEED_OFFSET = 7919
 
+
 def dt_forward(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """EVA's `forward_fn` for a DT: a plain forward pass on a `WindowSampler` batch."""
     return model(
@@ -37,17 +37,6 @@ def eva_batches(sampler: Any, num_batches: int, device: torch.device | str) -> I
         yield {key: value.to(device) for key, value in sampler.sample().items()}
 
 
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Run with dropout off (EVA must see the deterministic activations), then restore the mode."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
 def compute_dt_eva(
     model: nn.Module,
     dataset: Any,
@@ -58,8 +47,6 @@ def compute_dt_eva(
     batch_size: int,
     data_seed: int | None = None,
     target_modules: Sequence[str] | None = None,
-    rtg_scale: float = 200.0,
-    reward_scale: float = 200.0,
     device: torch.device | str = "cpu",
     autocast_dtype: torch.dtype | None = None,
 ) -> Any:
@@ -69,8 +56,9 @@ def compute_dt_eva(
     Only the tokens of `token_types` (`"state"`, `"rtg"`, `"action"`, `"reward"`) enter each
     layer's SVD. `config.max_batches` batches of `batch_size` windows come from a `WindowSampler`
     seeded with `data_seed + EVA_SEED_OFFSET` (`data_seed` defaults to `config.seed`), separate from
-    the training sampler. `autocast_dtype` (e.g. `torch.bfloat16`) runs the forward passes under
-    autocast; the SVD itself stays fp32.
+    the training sampler, scaled by the model's own `cfg.rtg_scale` / `cfg.reward_scale`.
+    `autocast_dtype` (e.g. `torch.bfloat16`) runs the forward passes under autocast; the SVD itself
+    stays fp32.
     """
     types = [str(t) for t in token_types]
     if not types:
@@ -80,19 +68,19 @@ def compute_dt_eva(
     probe = {"states": torch.zeros(1, 1, model.cfg.state_dim)}
     model.token_mask(probe, types)
     sampler = WindowSampler(
-        dataset, context_len=model.cfg.context_len, batch_size=batch_size, rtg_scale=rtg_scale,
-        reward_scale=reward_scale, seed=(config.seed if data_seed is None else data_seed) + EVA_SEED_OFFSET,
+        dataset, context_len=model.cfg.context_len, batch_size=batch_size, rtg_scale=model.cfg.rtg_scale,
+        reward_scale=model.cfg.reward_scale, seed=(config.seed if data_seed is None else data_seed) + EVA_SEED_OFFSET,
         tasks=[task],
     )
-    with eval_mode(model):
-        return compute_eva(
-            model,
-            eva_batches(sampler, config.max_batches, device),
-            config,
-            target_modules=targets,
-            forward_fn=dt_forward if autocast_dtype is None else _autocast_forward(autocast_dtype),
-            token_mask_fn=lambda batch: model.token_mask(batch, types),
-        )
+    # compute_eva runs the model in eval mode under no_grad (dropout off: deterministic activations)
+    return compute_eva(
+        model,
+        eva_batches(sampler, config.max_batches, device),
+        config,
+        target_modules=targets,
+        forward_fn=dt_forward if autocast_dtype is None else _autocast_forward(autocast_dtype),
+        token_mask_fn=lambda batch: model.token_mask(batch, types),
+    )
 
 
 def eva_summary(result: Any, target_modules: Sequence[str] | None = None) -> dict[str, Any]:
@@ -112,8 +100,6 @@ def eva_summary(result: Any, target_modules: Sequence[str] | None = None) -> dic
         "num_batches": int(result.num_batches),
         "init_seconds": float(result.seconds),
     }
-
-
 
 
 def _autocast_forward(dtype: torch.dtype):

@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from dt_eva.adapters import adapter_layers, adapter_state_dict, inject_adapters, load_adapter_state_dict, merge_adapters
+from dt_eva.adapters import adapter_state_dict, inject_adapters, load_adapter_state_dict, unload_adapters
 from dt_eva.eva import match_modules
 from dt_eva.eva.matching import weight_shape
 from dt_eva.methods.registry import MethodSpec
@@ -60,7 +60,6 @@ class MethodModel:
             load_adalora_allocator_state(self.adalora, state["adalora"])
 
     # --- what fine-tuning changes -------------------------------------------------------------------
-
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
@@ -69,7 +68,6 @@ class MethodModel:
         if self.spec.kind == "full":
             return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         if self.spec.kind == "adapter":
-
             return adapter_state_dict(self.model)
         return {k: v.detach().clone() for k, v in self.model.state_dict().items() if _is_adalora_key(k)}
 
@@ -77,7 +75,6 @@ class MethodModel:
         if self.spec.kind == "full":
             self.model.load_state_dict(state)
         elif self.spec.kind == "adapter":
-
             load_adapter_state_dict(self.model, state)
         else:
             expected = {k for k in self.model.state_dict() if _is_adalora_key(k)}
@@ -101,10 +98,7 @@ class MethodModel:
         """
         model = copy.deepcopy(self.model).cpu()
         if self.spec.kind == "adapter":
-
-            merge_adapters(model)
-            for name, layer in adapter_layers(model).items():
-                _replace_module(model, name, layer.base_layer)
+            unload_adapters(model, merge=True)
         elif self.spec.kind == "adalora":
             _fold_adalora(model)
         return {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -127,59 +121,63 @@ def _replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
-def adalora_ranks(cfg: Any) -> tuple[int, int]:
-    """(init_r, target_r) of AdaLoRA for this config."""
-    init_r = cfg.adalora.init_rank or cfg.rank + 4  # the paper starts AdaLoRA at r + 4
-    return max(init_r, cfg.rank), cfg.rank
+@dataclass(frozen=True)
+class AdaLoraSchedule:
+    """AdaLoRA's rank budget (through PEFT), in steps: every target starts at rank `init_r`; after
+    `tinit` steps the budget is pruned every `delta_t` steps until, `tfinal` steps before
+    `total_steps`, it averages `target_r`. `orth_reg_weight` weighs PEFT's orthogonal regulariser."""
+
+    init_r: int
+    target_r: int
+    total_steps: int
+    tinit: int
+    tfinal: int
+    delta_t: int
+    orth_reg_weight: float
 
 
 def build_method_model(
-    cfg: Any,
     spec: MethodSpec,
     base: Any,
+    *,
+    rank: int,
+    alpha: float,
+    adapter_dropout: float = 0.0,
+    dropout: float | None = None,
     eva_result: Any = None,
-    total_steps: int | None = None,
+    adjust_alpha: bool = False,
+    adalora: AdaLoraSchedule | None = None,
 ) -> MethodModel:
     """The pre-trained DT with the method applied (adapters injected, base frozen; FFT: all trainable).
 
-    `cfg` is a `FinetuneConfig`; `base` a `dt_eva.runs.PretrainedBase` (`.build(dropout)`, `.identity()`).
+    `base` is a `dt_eva.runs.PretrainedBase` (`.build(dropout)`, `.identity()`); `dropout` replaces
+    the DT's own (None keeps it). Adapter methods take `rank` (EVA methods: `eva_result`'s ranks, with
+    `adjust_alpha`), `alpha` and `adapter_dropout`; AdaLoRA needs its `adalora` schedule.
     """
-
-    model = base.build(cfg.dropout)
+    model = base.build(dropout)
     if spec.kind == "full":
         model.requires_grad_(True)
         return MethodModel(model, spec, {}, base_identity=base.identity())
     if spec.kind == "adapter":
-
-        kwargs: dict[str, Any] = dict(
-            method=spec.adapter, alpha=cfg.alpha, init=spec.init, dropout=cfg.adapter_dropout
-        )
+        kwargs: dict[str, Any] = dict(method=spec.adapter, alpha=alpha, init=spec.init, dropout=adapter_dropout)
         if spec.eva:
             if eva_result is None:
                 raise ValueError(f"method {spec.name!r} needs an EVA result")
-            kwargs.update(eva=eva_result, adjust_alpha=cfg.eva.adjust_alpha)
+            kwargs.update(eva=eva_result, adjust_alpha=adjust_alpha)
         else:
-            kwargs.update(rank=cfg.rank)
+            kwargs.update(rank=rank)
         wrapped = inject_adapters(model, list(DT_ADAPTER_TARGETS), **kwargs)
         return MethodModel(model, spec, wrapped, base_identity=base.identity())
     from dt_eva.adapters.adalora import apply_adalora  # lazy: PEFT is an optional extra
 
-    steps = int(total_steps or cfg.train.steps)
-    init_r, target_r = adalora_ranks(cfg)
+    if adalora is None:
+        raise ValueError(f"method {spec.name!r} needs an AdaLoraSchedule")
     ada = apply_adalora(
-        model,
-        list(DT_ADAPTER_TARGETS),
-        init_r=init_r,
-        target_r=target_r,
-        total_steps=steps,
-        tinit=int(cfg.adalora.tinit * steps),
-        tfinal=int(cfg.adalora.tfinal * steps),
-        delta_t=cfg.adalora.delta_t,
-        alpha=cfg.alpha,
-        dropout=cfg.adapter_dropout,
-        orth_reg_weight=cfg.adalora.orth_reg_weight,
+        model, list(DT_ADAPTER_TARGETS), init_r=adalora.init_r, target_r=adalora.target_r,
+        total_steps=adalora.total_steps, tinit=adalora.tinit, tfinal=adalora.tfinal, delta_t=adalora.delta_t,
+        alpha=alpha, dropout=adapter_dropout, orth_reg_weight=adalora.orth_reg_weight,
     )
-    return MethodModel(model, spec, {name: init_r for name in ada.target_names}, adalora=ada,
+    return MethodModel(model, spec, {name: adalora.init_r for name in ada.target_names}, adalora=ada,
                        base_identity=base.identity())
 
 
@@ -219,7 +217,6 @@ def check_rank_fits(model: nn.Module, target_modules: Sequence[str], rank: int, 
     A LoRA factor of rank r needs r <= min(in_features, out_features); checking before any adapter
     is injected (or EVA runs) keeps a bad `--rank` from failing half-way with an anonymous layer.
     """
-
     for name, module in match_modules(model, list(target_modules)):
         in_f, out_f = weight_shape(module)
         limit = min(int(in_f), int(out_f))

@@ -2,13 +2,20 @@
 
 The config loader builds it from YAML, so every field is a plain scalar; `validate()` checks the
 combinations that plain types cannot express and is called by `__post_init__`.
+
+The model carries the scaling of its return and reward inputs (`rtg_scale`, `reward_scale`): whatever
+feeds it (evaluation, EVA, the held-out metric) reads them here. In a run config they are not keys of
+`model:`: `data.rtg_scale` / `data.reward_scale` set them (`SCALE_KEYS`), so a run's `config.yaml` names
+each once.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from dt_eva.utils.checks import check_number
 
 # Token name used in layouts -> modality name used by `token_types()` / `token_mask()`.
 TOKEN_SYMBOLS: dict[str, str] = {"s": "state", "R": "rtg", "a": "action", "r": "reward"}
@@ -19,6 +26,9 @@ TOKEN_SYMBOLS: dict[str, str] = {"s": "state", "R": "rtg", "a": "action", "r": "
 TOKEN_LAYOUTS: dict[str, str] = {"s,R,a,r": "R", "R,s,a": "s"}
 
 ATTN_BACKENDS: tuple[str, ...] = ("auto", "sdpa", "flash", "eager")
+
+#: DTConfig field -> the run-config key that sets it (`dt_eva.config` reads this as field metadata).
+SCALE_KEYS: dict[str, str] = {"rtg_scale": "data.rtg_scale", "reward_scale": "data.reward_scale"}
 
 
 @dataclass
@@ -37,6 +47,9 @@ class DTConfig:
     learned_pos_embedding: bool = False  # learned embedding of the token position in the window
     attn_backend: str = "auto"  # "auto" | "sdpa" | "flash" | "eager"
     action_tanh: bool = True  # squash predicted actions into [-1, 1] (Meta-World's action box)
+    # returns-to-go / rewards are divided by these before they reach the model (the training data's units)
+    rtg_scale: float = field(default=200.0, metadata={"set_by": SCALE_KEYS["rtg_scale"]})
+    reward_scale: float = field(default=200.0, metadata={"set_by": SCALE_KEYS["reward_scale"]})
 
     def __post_init__(self) -> None:
         self.validate()
@@ -63,6 +76,8 @@ class DTConfig:
             raise ValueError(
                 f"DTConfig.attn_backend {self.attn_backend!r} is not known; choose one of {list(ATTN_BACKENDS)}"
             )
+        for name in SCALE_KEYS:
+            check_number(f"DTConfig.{name}", getattr(self, name), low=0, low_open=True)
         if self.context_len > self.max_ep_len:
             raise ValueError(
                 f"DTConfig.context_len ({self.context_len}) exceeds max_ep_len ({self.max_ep_len}): "

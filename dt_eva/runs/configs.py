@@ -7,6 +7,7 @@ loading any run (`load_run_model`) needs them, and no experiment code.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -14,7 +15,7 @@ from typing import Optional
 from dt_eva.eva.config import EvaConfig
 from dt_eva.methods.registry import resolve_method
 from dt_eva.models import TOKEN_TYPES
-from dt_eva.models.config import DTConfig
+from dt_eva.models.config import SCALE_KEYS, DTConfig
 from dt_eva.runs.guard import check_run_name
 from dt_eva.training.configs import DataConfig, OptimConfig, TrainConfig
 from dt_eva.utils.checks import check_number, check_seed
@@ -36,6 +37,9 @@ class PretrainConfig:
         check_seed("seed", self.seed)
         if not self.run_dir:
             check_run_name(self.name)
+        # the model carries the data's scaling; `data.*` is the one key for it (config.yaml of every
+        # version has it there, so a run of any version loads with the scales it trained with)
+        self.model = dataclasses.replace(self.model, **{name: getattr(self.data, name) for name in SCALE_KEYS})
 
     @property
     def resolved_run_dir(self) -> Path:

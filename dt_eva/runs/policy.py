@@ -18,7 +18,8 @@ from dt_eva.data import load_dataset
 from dt_eva.data.format import METADATA_FILE
 from dt_eva.eva import EvaResult
 from dt_eva.methods import resolve_method
-from dt_eva.methods.model import build_method_model, check_same_base
+from dt_eva.methods.model import AdaLoraSchedule, MethodModel, build_method_model, check_same_base
+from dt_eva.methods.registry import MethodSpec
 from dt_eva.runs.base import PretrainedBase, build_model, load_pretrained_base
 from dt_eva.runs.configs import FinetuneConfig, PretrainConfig
 from dt_eva.runs.layout import RunPaths
@@ -52,7 +53,6 @@ def collect_hint(data_path: str | Path, task: str) -> str:
 
 def load_task_dataset(data_path: str | Path, task: str) -> Any:
     """The fine-tuning task's data; a missing dataset or task says which `dt-eva collect` to run."""
-
     path = Path(data_path)
     if not path.is_dir():
         raise FileNotFoundError(f"fine-tuning dataset {path} does not exist; create it with `{collect_hint(path, task)}`")
@@ -67,11 +67,31 @@ def load_task_dataset(data_path: str | Path, task: str) -> Any:
         raise
 
 
+def adalora_schedule(cfg: FinetuneConfig) -> AdaLoraSchedule:
+    """AdaLoRA's schedule of a fine-tuning config: from `adalora.init_rank` (0: rank + 4, the paper's
+    appendix B start) down to `rank` on average; `tinit` / `tfinal` are fractions of `train.steps`."""
+    steps, settings = int(cfg.train.steps), cfg.adalora
+    init_r = settings.init_rank or cfg.rank + 4
+    return AdaLoraSchedule(init_r=max(init_r, cfg.rank), target_r=cfg.rank, total_steps=steps,
+                           tinit=int(settings.tinit * steps), tfinal=int(settings.tfinal * steps),
+                           delta_t=settings.delta_t, orth_reg_weight=settings.orth_reg_weight)
+
+
+def method_model_of(cfg: FinetuneConfig, spec: MethodSpec, base: PretrainedBase, eva_result: Any = None) -> MethodModel:
+    """The method model a fine-tuning config describes, on `base` (EVA methods: with `eva_result`)."""
+    return build_method_model(
+        spec, base, rank=cfg.rank, alpha=cfg.alpha, adapter_dropout=cfg.adapter_dropout, dropout=cfg.dropout,
+        eva_result=eva_result, adjust_alpha=cfg.eva.adjust_alpha,
+        adalora=adalora_schedule(cfg) if spec.kind == "adalora" else None,
+    )
+
+
 def load_run_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """The run's model in eval mode on `device`, and `info` about it.
 
     `info`: `kind`, `run_dir`, `config` (dict), `weights` (the file loaded), `step` (for a
-    checkpoint), `tasks`, `rtg_scale`, `reward_scale`, `target_returns` (task -> best dataset return;
+    checkpoint), `tasks`, `rtg_scale`, `reward_scale` (the model's, also `model.cfg.*`: the
+    pre-training run's `data.*`), `target_returns` (task -> best dataset return;
     empty when the dataset is not reachable, with the reason in `dataset_error`); fine-tuning runs
     add `task`, `method` and `ranks`.
     """
@@ -94,7 +114,6 @@ def _weights(paths: RunPaths) -> tuple[dict[str, Any], Path, int | None]:
 
 
 def _load_pretrain_model(paths: RunPaths, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
-
     if not paths.config.is_file():
         raise FileNotFoundError(f"{paths.config} is missing, so the model cannot be rebuilt")
     cfg = load_config(PretrainConfig, paths.config)
@@ -103,8 +122,8 @@ def _load_pretrain_model(paths: RunPaths, device: torch.device) -> tuple[nn.Modu
     model.to(device).eval()
     info: dict[str, Any] = {
         "kind": "pretrain", "run_dir": str(paths.root), "config": config_to_dict(cfg), "weights": str(weights_path),
-        "step": step, "tasks": cfg.data.tasks, "rtg_scale": cfg.data.rtg_scale,
-        "reward_scale": cfg.data.reward_scale, "target_returns": {},
+        "step": step, "tasks": cfg.data.tasks, "rtg_scale": cfg.model.rtg_scale,
+        "reward_scale": cfg.model.reward_scale, "target_returns": {},
     }
     try:
         dataset = load_dataset(cfg.data.path, tasks=cfg.data.tasks)
@@ -146,7 +165,8 @@ def load_finetune_model(run_dir: str | Path, device: str | torch.device = "cpu",
         "config": {**config_to_dict(cfg), "model": config_to_dict(base.model_cfg)},
         "weights": str(weights_path), "step": step, "tasks": [task], "task": task,
         "method": resolve_method(cfg.method).name,
-        "ranks": ranks, "rtg_scale": cfg.data.rtg_scale, "reward_scale": cfg.data.reward_scale, "target_returns": {},
+        "ranks": ranks, "rtg_scale": base.model_cfg.rtg_scale, "reward_scale": base.model_cfg.reward_scale,
+        "target_returns": {},
     }
     try:
         info["target_returns"] = target_returns(load_task_dataset(cfg.data.path, task), [task])
@@ -156,7 +176,6 @@ def load_finetune_model(run_dir: str | Path, device: str | torch.device = "cpu",
 
 
 def _load_merged(paths: RunPaths, base: PretrainedBase) -> tuple[nn.Module, Path, None, dict]:
-
     if not paths.merged_model.is_file():
         raise FileNotFoundError(f"{paths.merged_model} does not exist; run the fine-tuning with --export-merged")
     model = build_model(base.model_cfg, load_state_dict_file(paths.merged_model), paths.merged_model,
@@ -165,14 +184,12 @@ def _load_merged(paths: RunPaths, base: PretrainedBase) -> tuple[nn.Module, Path
 
 
 def _load_method_model(paths: RunPaths, cfg: FinetuneConfig, base: PretrainedBase) -> tuple[nn.Module, Path, Any, dict]:
-
     spec = resolve_method(cfg.method)
     state, weights_path, step = _weights(paths)
     eva_result = None
     if spec.eva:
-
         eva_result = EvaResult.load(paths.eva)
-    mm = build_method_model(cfg, spec, base, eva_result)
+    mm = method_model_of(cfg, spec, base, eva_result)
     try:
         mm.load_state_dict(state)
     except (RuntimeError, KeyError) as e:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
+from dt_eva.models.config import DTConfig
 from dt_eva.utils.checks import check_number
 from dt_eva.utils.precision import PRECISIONS
 
@@ -20,8 +21,10 @@ class DataConfig:
     path: str = "data/mt40"
     # "mt40", "cw10", a comma list, a YAML list of task names, or null for every task in the dataset
     tasks: Optional[Union[str, list[str]]] = None
-    rtg_scale: float = 200.0  # returns-to-go are divided by this before they reach the model
-    reward_scale: float = 200.0
+    # returns-to-go / rewards are divided by these before they reach the model; they set the model's own
+    # (`DTConfig.rtg_scale`, `reward_scale`) when a run builds it
+    rtg_scale: float = DTConfig.rtg_scale
+    reward_scale: float = DTConfig.reward_scale
 
     def __post_init__(self) -> None:
         for key in ("rtg_scale", "reward_scale"):
