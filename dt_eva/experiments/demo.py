@@ -54,11 +54,11 @@ DEMO_METHODS = ("lora", "eva")
 PRESETS = Path(dt_eva.__file__).resolve().parent.parent / "configs"  # the tiny presets of the source tree
 STUDY_LINE = ("This is one small comparison (one task, one seed, one budget); the CW10 study (docs/results.md) "
               "is where methods are compared with several seeds and tasks.")
-# The study's verdict so far, in one line (docs/results.md, "Verdict"; update it with the study).
-STUDY_VERDICT = ("CW10 study I (8 methods, 5 tasks x 3 seeds, 1,000 updates, each at its validated rate): "
-                 "success differences EVA - LoRA +0.04 [-0.02, +0.12], EVA+DoRA - DoRA +0.03 [-0.02, +0.11], "
-                 "EVA - FFT +0.02 [-0.05, +0.10], none resolved (the design detects 0.10); study II "
-                 "(96 pairs, powered for 0.04) is under way: docs/results.md.")
+# The studies' verdict so far, in one line (docs/results.md; update it with the study).
+STUDY_VERDICT = ("CW10 study II (pre-registered; 8 tasks x 12 seeds = 96 pairs, 100 unseen layouts each, fp32): "
+                 "EVA - LoRA success at any step -0.002 [-0.018, +0.015], verdict: no difference as large as 0.04. "
+                 "EVA+DoRA - DoRA and EVA - FFT are still running; study I (15 pairs) resolved no difference. "
+                 "See docs/results.md.")
 
 
 # --- settings and paths ----------------------------------------------------------------------------
