@@ -47,7 +47,6 @@ class PretrainConfig:
         return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
 
 
-
 @dataclass
 class EvaSettings:
     """How EVA reads the fine-tuning task's data: the `eva:` section of a fine-tuning config.

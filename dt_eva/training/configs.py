@@ -57,7 +57,6 @@ class OptimConfig:
                            for i, b in enumerate(self.betas))
 
 
-
 @dataclass
 class TrainConfig:
     """The training loop: length, batch, logging / checkpoint / evaluation cadence, device."""
