@@ -160,3 +160,15 @@ def test_bad_task_is_refused_before_any_work(tmp_path: Path):
     with pytest.raises(ValueError):
         run_demo(tmp_path / "d", fast=True, task="no-such-task", log=lambda _: None)
     assert not (tmp_path / "d").exists()
+
+
+def test_a_damaged_stored_evaluation_record_is_made_again_not_a_crash(tmp_path):
+    from dt_eva.experiments.demo import _stored_record
+
+    path = tmp_path / "lora.json"
+    assert _stored_record(path) is None  # none yet
+    for text in ("{truncated", "[1, 2]", "[" * 100_000 + "]" * 100_000, "\xff"):
+        path.write_text(text, encoding="latin-1")
+        assert _stored_record(path) is None
+    path.write_text('{"hash": "abc"}')
+    assert _stored_record(path) == {"hash": "abc"}

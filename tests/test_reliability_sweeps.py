@@ -324,3 +324,29 @@ def test_4_collect_into_a_users_folder_removes_only_its_own_temporaries(tmp_path
     assert (out / ".cache.tmpdir" / "x").read_text() == "cache"
     assert not (out / ".reach-v3.abc123.tmpdir").exists() and not (out / ".metadata.json.xyz_9.tmp").exists()
     assert (out / "reach-v3" / "actions.npy").is_file()
+
+
+DEEP = "[" * 100_000 + "]" * 100_000  # valid JSON that Python's parser cannot nest (RecursionError)
+
+
+def test_a_damaged_or_deeply_nested_sweep_marker_is_no_marker(ws):
+    for i, text in enumerate((DEEP, "[1, 2]", "{not json")):
+        out = ws / f"sweeps/marked{i}"
+        out.mkdir(parents=True)
+        (out / ".dt-eva-sweep.json").write_text(text)
+        sweep = write_sweep(ws / f"m{i}.yaml", [0], out=f"sweeps/marked{i}")
+        assert [r.status for r in plan_sweep(sweep).runs] == ["new"]  # only sweep entries: adopted
+        (out / "notes.txt").write_text("mine")  # with a user's file beside it, the folder is refused
+        with pytest.raises(ValueError, match="is not a dt-eva sweep folder"):
+            plan_sweep(sweep)
+        assert (out / ".dt-eva-sweep.json").read_text() == text  # untouched
+
+
+def test_a_report_folder_with_a_damaged_manifest_is_not_written_into(legacy):
+    out = legacy / "report"
+    build_report(legacy / "runs", out, plots=False)
+    for text in (DEEP, "[1, 2]"):
+        (out / ".dt-eva-report.json").write_text(text)
+        with pytest.raises(ValueError, match="not a dt-eva report.s"):
+            build_report(legacy / "runs", out, plots=False)
+        assert (out / ".dt-eva-report.json").read_text() == text  # nothing replaced

@@ -21,7 +21,6 @@ Everything lands in `workdir`; running the demo again reuses what is there:
 from __future__ import annotations
 
 import dataclasses
-import json
 import resource
 import time
 from dataclasses import dataclass, field
@@ -46,7 +45,7 @@ from dt_eva.runs.layout import RunPaths
 from dt_eva.runs.marker import read_meta
 from dt_eva.runs.policy import load_run_model, target_returns
 from dt_eva.runs.status import Rerun, plan_run
-from dt_eva.utils.io import atomic_write_json
+from dt_eva.utils.io import atomic_write_json, load_json_object
 
 DEFAULT_WORKDIR = "runs/demo"
 DEFAULT_FAST_WORKDIR = "runs/demo-fast"
@@ -284,8 +283,8 @@ def evaluate(name: str, run_dir: Path, paths: DemoPaths, settings: DemoSettings,
     key = {"weights": weights, "task": paths.task, "episodes": settings.eval_episodes, "seed": settings.seed,
            "target_return": target, "heldout": settings.datasets()["heldout"]}
     record_path = paths.result(name)
-    if record_path.is_file():
-        saved = json.loads(record_path.read_text(encoding="utf-8"))
+    saved = _stored_record(record_path)
+    if saved is not None:
         if saved.get("hash") == stable_hash(key):
             records[name] = saved
             return f"skipped (same weights and settings, hash {saved['hash']})"
@@ -295,6 +294,14 @@ def evaluate(name: str, run_dir: Path, paths: DemoPaths, settings: DemoSettings,
                      "heldout": heldout_loss(run_dir, paths.data / "heldout", paths.task)}
     atomic_write_json(record_path, records[name])
     return "done"
+
+
+def _stored_record(path: Path) -> dict[str, Any] | None:
+    """An earlier evaluation's record; None when there is none or it is damaged (it is then re-made)."""
+    try:
+        return load_json_object(path)
+    except (OSError, ValueError):
+        return None
 
 
 def make_report(paths: DemoPaths, out: dict[str, Any]) -> str:

@@ -17,7 +17,6 @@ is refused, naming the process that holds it.
 from __future__ import annotations
 
 import datetime
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from dt_eva.runs.layout import LOCK, PACKAGE
 from dt_eva.runs.lock import RunLock
 from dt_eva.runs.marker import is_run_dir
 from dt_eva.runs.results import read_csv
-from dt_eva.utils.io import atomic_write_json, atomic_write_text
+from dt_eva.utils.io import atomic_write_json, atomic_write_text, load_json_object
 from dt_eva.utils.safefs import naming_disk_errors
 
 MARKER = ".dt-eva-sweep.json"
@@ -111,7 +110,7 @@ def _write(path: Path, write: Any) -> None:
 
 def _read_marker(out: Path) -> dict[str, Any] | None:
     try:
-        marker = json.loads((out / MARKER).read_text(encoding="utf-8"))
+        marker = load_json_object(out / MARKER)  # a damaged or deeply nested one is a ValueError
     except (OSError, ValueError):
         return None
     ok = isinstance(marker, dict) and marker.get("package") == PACKAGE and marker.get("kind") == "sweep"

@@ -3,11 +3,10 @@ its manifest, the list of the files the report wrote (only those are ever replac
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
-from dt_eva.utils.io import atomic_write_json, check_writable_dir
+from dt_eva.utils.io import atomic_write_json, check_writable_dir, load_json_object
 
 REPORT_TITLE = "# dt-eva report"
 # The files a report wrote, listed in the report folder: only these are ever replaced by the next report.
@@ -48,7 +47,7 @@ def foreign_files(out: Path) -> list[Path]:
     try:
         if not (out / "report.md").read_text(encoding="utf-8").startswith(REPORT_TITLE):
             return entries or [out]
-        manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8")) if (out / MANIFEST).is_file() else None
+        manifest = load_json_object(out / MANIFEST)  # None when absent; damaged or too deep: ValueError
     except (OSError, ValueError):
         return entries or [out]
     listed = set(manifest.get("files") or []) if isinstance(manifest, dict) else None
