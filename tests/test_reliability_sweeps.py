@@ -350,3 +350,18 @@ def test_a_report_folder_with_a_damaged_manifest_is_not_written_into(legacy):
         with pytest.raises(ValueError, match="not a dt-eva report.s"):
             build_report(legacy / "runs", out, plots=False)
         assert (out / ".dt-eva-report.json").read_text() == text  # nothing replaced
+
+
+def test_a_measured_with_cell_that_is_not_a_json_object_is_named(ws):
+    shutil.rmtree(ws / "sweeps/t/runs")  # a fresh clone: results.csv only
+    table = ws / "sweeps/t/results.csv"
+    data = [row for row in csv.DictReader(table.read_text().splitlines())]
+    for cell in (DEEP, "[1, 2]", "{oops"):
+        data[0]["measured_with"] = cell
+        with open(table, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(data[0]), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(data)
+        with pytest.raises(ValueError, match=r"run seed=0: it finished .* measured with other settings "
+                                             r"\(measured_with is not a JSON object: "):
+            plan_sweep(ws / "base.yaml")

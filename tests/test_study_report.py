@@ -395,3 +395,10 @@ def test_time_to_first_success_is_compared_from_the_episode_records(results, tmp
     report = (tmp_path / "out/report.md").read_text()
     assert "time to first success (env steps): 1 pair(s) left out, EVA has no successful episode: push/seed 2" in report
     assert "Time to first success: a run's mean first success step" in report
+
+
+def test_adapter_ranks_nested_too_deeply_are_a_clear_error(tmp_path):
+    rows = [row(m, t, s) for (m, t, s) in VALUES]
+    rows[-1]["adapter_ranks"] = "[" * 100_000 + "]" * 100_000  # valid JSON, too deep for Python's parser
+    with pytest.raises(ValueError, match="adapter_ranks is not a JSON object of module -> rank"):
+        build_study_report(write_csv(tmp_path / "results.csv", rows), tmp_path / "out", plots=False)

@@ -190,8 +190,10 @@ def measure_mismatch(row: dict[str, Any], cfg: Any) -> str | None:
     if row.get("measured_with"):
         try:
             saved = json.loads(row["measured_with"])
-        except ValueError:
-            return f"measured_with is not JSON: {row['measured_with'][:60]!r}"
+        except (ValueError, RecursionError):  # RecursionError: nested too deeply for Python's parser
+            saved = None
+        if not isinstance(saved, dict):
+            return f"measured_with is not a JSON object: {row['measured_with'][:60]!r}"
         now = json.loads(measured_with(cfg))
         changed = [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in now if saved.get(k) != now[k]]
         return ", ".join(changed) or None

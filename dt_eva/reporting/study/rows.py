@@ -181,7 +181,7 @@ def _ranks(text: str | None, where: str) -> dict[str, int] | None:
     try:
         ranks = json.loads(text)
         return {str(k): int(v) for k, v in ranks.items()}
-    except (ValueError, AttributeError, TypeError):
+    except (ValueError, AttributeError, TypeError, RecursionError):
         raise ValueError(f"{where}: adapter_ranks is not a JSON object of module -> rank: {text[:80]!r}") from None
 
 
