@@ -402,3 +402,19 @@ def test_adapter_ranks_nested_too_deeply_are_a_clear_error(tmp_path):
     rows[-1]["adapter_ranks"] = "[" * 100_000 + "]" * 100_000  # valid JSON, too deep for Python's parser
     with pytest.raises(ValueError, match="adapter_ranks is not a JSON object of module -> rank"):
         build_study_report(write_csv(tmp_path / "results.csv", rows), tmp_path / "out", plots=False)
+
+
+def test_a_damaged_episode_file_is_a_warning_and_unrecorded_pairs_are_said(results, tmp_path):
+    (results.parent / "episodes.csv.gz").write_bytes(b"\x1f\x8b\x08\x00" + bytes(range(40)))  # gzip header, bad body
+    out = build_study_report(results, tmp_path / "out", plots=False)
+    report = (tmp_path / "out/report.md").read_text()
+    assert "episodes.csv.gz is damaged" in report and "time to first success of its runs is left out" in report
+    assert "first_success_step" not in (tmp_path / "out/comparisons.csv").read_text() and out["markdown"]
+    # episodes of the hammer runs only (push's runs have none): push's pairs are not compared, and said so
+    write_episodes(results.parent, {f"method={m}+task=hammer+seed={s}": [10 + s, None]
+                                    for (m, t, s) in VALUES if t == "hammer"})
+    build_study_report(results, tmp_path / "out2", plots=False)
+    got = {r["metric"]: r for r in read_csv(tmp_path / "out2/comparisons.csv")}["first_success_step"]
+    assert got["pairs"] == "2" and float(got["mean"]) == 0.0  # hammer seeds 0 and 1; EVA has no hammer/seed 2
+    assert "EVA − LoRA, time to first success (env steps): 3 pair(s) not compared, their episodes are not in an " \
+           "episodes.csv.gz." in (tmp_path / "out2/report.md").read_text()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +28,25 @@ COLUMNS = ("name", "task", "episode", "success_any", "success_final", "return", 
 def read_episode_rows(path: str | Path) -> dict[str, list[dict[str, str]]]:
     """The rows of an existing `episodes.csv.gz` by run name (empty when there is none or it is unreadable)."""
     try:
-        text = gzip.decompress(Path(path).read_bytes()).decode("utf-8")
-    except (OSError, EOFError, UnicodeDecodeError):
+        return load_episode_rows(path)
+    except (FileNotFoundError, ValueError):
         return {}
-    out: dict[str, list[dict[str, str]]] = {}
-    for row in csv.DictReader(io.StringIO(text)):
-        if row.get("name"):
-            out.setdefault(row["name"], []).append(row)
-    return out
+
+
+def load_episode_rows(path: str | Path) -> dict[str, list[dict[str, str]]]:
+    """The rows of `episodes.csv.gz` by run name; `FileNotFoundError` when there is none, and
+    `ValueError("<path> is damaged (...)")` when it is not gzip, not UTF-8 or not CSV."""
+    try:
+        text = gzip.decompress(Path(path).read_bytes()).decode("utf-8")
+        out: dict[str, list[dict[str, str]]] = {}
+        for row in csv.DictReader(io.StringIO(text)):
+            if row.get("name"):
+                out.setdefault(row["name"], []).append(row)
+        return out
+    except FileNotFoundError:
+        raise
+    except (OSError, EOFError, UnicodeDecodeError, zlib.error, csv.Error) as e:
+        raise ValueError(f"{path} is damaged ({type(e).__name__}: {e})") from None
 
 
 def run_episode_rows(name: str, run_dir: str | Path) -> list[dict[str, Any]]:

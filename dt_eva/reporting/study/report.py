@@ -98,12 +98,32 @@ def comparisons(rows: list[StudyRow], chosen: dict[str, StudyKey]) -> tuple[list
             notes.append(f"{method_label(a)} − {method_label(b)}: not computed, {missing[0]} has no finished run.")
         if missing:
             continue
-        for metric in (*TABLE_METRICS, FIRST_SUCCESS):
+        for metric in TABLE_METRICS:
             values = [{(r.task, r.seed): r.values[metric] for r in rows if r.key == chosen.get(m) and metric in r.values}
                       for m in (a, b)]
             if values[0] or values[1]:
                 out.append(paired_difference(a, b, metric, *values))
+        first = _first_success_difference(rows, chosen, a, b, notes)
+        if first is not None:
+            out.append(first)
     return out, notes
+
+
+def _first_success_difference(rows: list[StudyRow], chosen: dict[str, StudyKey], a: str, b: str,
+                              notes: list[str]) -> PairedDifference | None:
+    """`a - b` in time to first success over the pairs whose two runs both have episode records (a run
+    without a value there never succeeded); the pairs without records are counted in `notes`."""
+    runs = [{(r.task, r.seed): r for r in rows if r.key == chosen[m]} for m in (a, b)]
+    recorded = {p for p in runs[0].keys() & runs[1].keys() if runs[0][p].episode_records and runs[1][p].episode_records}
+    if not recorded:
+        return None
+    unrecorded = len(runs[0].keys() & runs[1].keys()) - len(recorded)
+    if unrecorded:
+        notes.append(f"{method_label(a)} − {method_label(b)}, {METRIC_LABELS[FIRST_SUCCESS]}: {unrecorded} pair(s) "
+                     "not compared, their episodes are not in an episodes.csv.gz.")
+    values = [{p: run.values[FIRST_SUCCESS] for p, run in side.items() if p in recorded and FIRST_SUCCESS in run.values}
+              for side in runs]
+    return paired_difference(a, b, FIRST_SUCCESS, *values) if values[0] or values[1] else None
 
 
 def _fmt(value: float | None, digits: int) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from dt_eva.methods.registry import METHODS, normalize_method_name
 from dt_eva.reporting.common.tables import ConfigKey
-from dt_eva.runs.episodes import EPISODES, read_episode_rows
+from dt_eva.runs.episodes import EPISODES, load_episode_rows
 from dt_eva.runs.records import full_task_name
 from dt_eva.runs.results import FIELDS, read_csv, row_problem
 
@@ -54,6 +54,7 @@ class StudyRow:
     precision: str | None = None  # fp32 / bf16; None in tables written before the column existed
     eval_precision: str | None = None  # the final evaluation's precision; None before the column existed
     cpu: str | None = None  # the CPUs that ran it, " | "-separated when a resumed run crossed machines
+    episode_records: bool = False  # the sweep's episodes.csv.gz holds its episodes
 
 
 @dataclass
@@ -89,7 +90,7 @@ def read_study(path: str | Path | list[Path]) -> StudyData:
     data = StudyData(paths[0], [], [], paths=paths)
     seen: dict[tuple, str] = {}
     for p, _, records in tables:
-        episodes = read_episode_rows(p.parent / EPISODES)  # empty when the sweep kept none
+        episodes = _episode_rows(p.parent / EPISODES, data.warnings)
         for i, record in enumerate(records, start=2):  # line 1 is the header
             if record["status"] != "done":
                 data.excluded.append((record["name"], record["status"], record.get("error") or ""))
@@ -105,14 +106,28 @@ def read_study(path: str | Path | list[Path]) -> StudyData:
                                      f"seed; {row.name} is left out")
                 continue
             seen[slot] = row.name
-            first = mean_first_success(episodes.get(row.name, []))
-            if first is not None:
-                row.values[FIRST_SUCCESS] = first
+            if row.name in episodes:
+                row.episode_records = True
+                first = mean_first_success(episodes[row.name])
+                if first is not None:
+                    row.values[FIRST_SUCCESS] = first
             data.rows.append(row)
     if not data.rows:
         listing = "".join(f"\n  - {n}: {s} {e}".rstrip() for n, s, e in data.excluded)
         raise ValueError(f"{', '.join(map(str, paths))}: no finished run (status done) to report on{listing}")
     return data
+
+
+def _episode_rows(path: Path, warnings: list[str]) -> dict[str, list[dict[str, str]]]:
+    """The sweep's per-episode records by run name; {} when it kept none, and a warning when the file is
+    damaged (the time to first success is then left out for its runs; nothing else needs it)."""
+    try:
+        return load_episode_rows(path)
+    except FileNotFoundError:
+        return {}
+    except ValueError as e:
+        warnings.append(f"{e}: the time to first success of its runs is left out")
+        return {}
 
 
 def mean_first_success(episodes: list[dict[str, str]]) -> float | None:
