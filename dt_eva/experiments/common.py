@@ -11,8 +11,8 @@ import torch
 from dt_eva.config import save_config
 from dt_eva.evaluation import evaluate_policy
 from dt_eva.runs.guard import OpenRun, open_run_dir
-from dt_eva.runs.status import plan_run as plan_run_status
 from dt_eva.runs.layout import RunPaths
+from dt_eva.runs.status import plan_run as plan_run_status
 from dt_eva.training.distributed import DistContext, broadcast_object, init_distributed, shutdown_distributed
 from dt_eva.utils.precision import precision_name
 

@@ -1,4 +1,4 @@
-"""`eval_mode`: the one way a model is run for measurement (rollouts, the held-out loss, EVA)."""
+"""`eval_mode`: the one way a model is run for measurement (online rollouts, the held-out loss)."""
 
 from __future__ import annotations
 

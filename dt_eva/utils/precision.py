@@ -156,8 +156,9 @@ def check_resolved(dtype: object, weight_dtype: torch.dtype = torch.float32) -> 
     """
     if dtype is not None and not isinstance(dtype, torch.dtype):
         raise TypeError(
-            f"expected a resolved autocast dtype (torch.bfloat16 or None for fp32), got {dtype!r}: resolve the "
-            "precision option once per run with dt_eva.utils.precision.resolve_precision and pass its result"
+            f"autocast_dtype must be a resolved autocast dtype (torch.bfloat16, or None for fp32), got {dtype!r}: "
+            "resolve a precision option such as 'auto' once per run with dt_eva.utils.precision.resolve_precision "
+            "(or resolve_model_precision) and pass its result"
         )
     if dtype is not None and weight_dtype != torch.float32:
         raise _needs_fp32_weights(weight_dtype)

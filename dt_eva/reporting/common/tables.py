@@ -239,5 +239,3 @@ def episodes_footnote(episodes: dict[str, int], max_names: int = 12) -> str:
     return ("**Evaluation sizes differ in this table** (each run's largest evaluation): " + "; ".join(parts)
             + ". Cells that mix them are less comparable; re-evaluate the smaller runs with "
             f"`dt-eva evaluate --run RUN --episodes {max(by_size)}`.")
-
-
