@@ -13,7 +13,7 @@ import yaml
 from dt_eva.config import config_diff, config_to_dict, load_config, parse_override, save_config
 from dt_eva.models import DTConfig
 from dt_eva.runs.configs import PretrainConfig
-from dt_eva.training import OptimConfig
+from dt_eva.training import DataConfig, OptimConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -281,3 +281,15 @@ def test_the_models_scales_are_set_by_the_data_section_only():
     assert "rtg_scale" not in config_to_dict(cfg)["model"] and config_to_dict(cfg)["data"]["rtg_scale"] == 300.0
     with pytest.raises(ValueError, match=r"'model.rtg_scale'.*set by data.rtg_scale"):
         load_config(PretrainConfig, None, ["model.rtg_scale=300"])
+
+
+def test_a_model_scale_given_in_python_that_disagrees_with_data_is_refused():
+    """In the Python API `DTConfig(rtg_scale=100)` used to be overwritten by `data.rtg_scale` without a word;
+    it is refused and the message names the key to set. Agreeing or default model scales are fine."""
+    with pytest.raises(ValueError, match=r"model.rtg_scale=100 disagrees with data.rtg_scale=200.*set data.rtg_scale=100"):
+        PretrainConfig(model=DTConfig.tiny(rtg_scale=100.0))
+    with pytest.raises(ValueError, match=r"model.reward_scale=7 disagrees with data.reward_scale=200"):
+        PretrainConfig(model=DTConfig.tiny(reward_scale=7.0))
+    cfg = PretrainConfig(data=DataConfig(rtg_scale=100.0), model=DTConfig.tiny(rtg_scale=100.0))
+    assert cfg.model.rtg_scale == 100.0
+    assert PretrainConfig(data=DataConfig(reward_scale=9.0), model=DTConfig.tiny()).model.reward_scale == 9.0

@@ -39,12 +39,23 @@ class PretrainConfig:
             check_run_name(self.name)
         # the model carries the data's scaling; `data.*` is the one key for it (config.yaml of every
         # version has it there, so a run of any version loads with the scales it trained with)
+        _check_model_scales(self.model, self.data)
         self.model = dataclasses.replace(self.model, **{name: getattr(self.data, name) for name in SCALE_KEYS})
 
     @property
     def resolved_run_dir(self) -> Path:
         """`run_dir`, else `runs/<name>`."""
         return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
+
+
+def _check_model_scales(model: DTConfig, data: DataConfig) -> None:
+    """Refuse a model scale set in Python (`DTConfig(rtg_scale=...)`) that disagrees with `data.*`,
+    which sets it: silently overwriting it would train in units the caller did not ask for."""
+    for name, key in SCALE_KEYS.items():
+        given, wanted = getattr(model, name), getattr(data, name)
+        if given != DTConfig.__dataclass_fields__[name].default and given != wanted:
+            raise ValueError(f"model.{name}={given:g} disagrees with {key}={wanted:g}: {key} is the one setting "
+                             f"for it and the model takes it from there; set {key}={given:g} instead")
 
 
 @dataclass
