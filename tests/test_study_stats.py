@@ -192,7 +192,10 @@ def test_runs_and_pairs_that_crossed_machines_and_mixed_precisions_are_counted(t
     assert (q[("eva_dora", "dora")]["pairs_crossed_machines"], q[("eva_dora", "dora")]["pairs_different_cpu"]) == (
         "0", "0")
     assert q[("eva", "fft")]["eval_precision"] == "bf16 1, fp32 23"
+    assert q[("eva", "lora")]["pairs_by_cpu"] == f"{CPU} 10; different CPUs 2"
+    assert q[("eva_dora", "dora")]["pairs_by_cpu"] == f"{CPU} 12"
     assert "**1** of 60" in report["markdown"]
+    assert f"Runs by CPU: {CPU} 57; {CPU} | {xeon} 1; {xeon} 2." in report["markdown"]
     mixed = [w for w in report["warnings"] if "mix evaluation precisions" in w]
     assert mixed == ["EVA − FFT (success_any): its runs mix evaluation precisions (bf16 1, fp32 23); the difference "
                      "mixes the methods with the arithmetic"]
