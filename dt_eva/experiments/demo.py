@@ -56,7 +56,8 @@ STUDY_LINE = ("This is one small comparison (one task, one seed, one budget); th
 # The studies' verdict so far, in one line (docs/results.md; update it with the study).
 STUDY_VERDICT = ("CW10 study II (pre-registered; 8 tasks x 12 seeds = 96 pairs, 100 unseen layouts each, fp32): "
                  "EVA - LoRA success at any step -0.002 [-0.018, +0.015], verdict: no difference as large as 0.04. "
-                 "EVA+DoRA - DoRA and EVA - FFT are still running; study I (15 pairs) resolved no difference. "
+                 "EVA+DoRA - DoRA -0.006 [-0.022, +0.009], the same verdict. "
+                 "EVA - FFT is still running; study I (15 pairs) resolved no difference. "
                  "See docs/results.md.")
 
 
