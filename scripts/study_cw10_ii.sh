@@ -20,5 +20,6 @@ for phase in lora-eva dora fft; do   # written once the validation has frozen th
     fi
 done
 for out in studies/cw10-ii/*/; do
-    [ -f "$out/results.csv" ] && dt-eva report "$out" --out "$out/report"
+    if [ -f "$out/results.csv" ]; then dt-eva report "$out" --out "$out/report"; fi
 done
+dt-eva report studies/cw10-ii --out studies/cw10-ii/report   # the phases pooled, Holm over the three comparisons
