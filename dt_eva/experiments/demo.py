@@ -53,11 +53,10 @@ DEMO_METHODS = ("lora", "eva")
 PRESETS = Path(dt_eva.__file__).resolve().parent.parent / "configs"  # the tiny presets of the source tree
 STUDY_LINE = ("This is one small comparison (one task, one seed, one budget); the CW10 study (docs/results.md) "
               "is where methods are compared with several seeds and tasks.")
-# The studies' verdict so far, in one line (docs/results.md; update it with the study).
+# Study II's verdicts in one line (docs/results.md).
 STUDY_VERDICT = ("CW10 study II (pre-registered; 8 tasks x 12 seeds = 96 pairs, 100 unseen layouts each, fp32): "
-                 "EVA - LoRA success at any step -0.002 [-0.018, +0.015], verdict: no difference as large as 0.04. "
-                 "EVA+DoRA - DoRA -0.006 [-0.022, +0.009], the same verdict. "
-                 "EVA - FFT is still running; study I (15 pairs) resolved no difference. "
+                 "success at any step, EVA - LoRA -0.002 [-0.018, +0.015], EVA+DoRA - DoRA -0.006 [-0.022, +0.009], "
+                 "EVA - FFT -0.012 [-0.028, +0.004]; verdict for all three: no difference as large as 0.04. "
                  "See docs/results.md.")
 
 
