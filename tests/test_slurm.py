@@ -53,17 +53,17 @@ def losses(run: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in rows if "loss" in r}
 
 
-def child_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+def slurm_sweep(*args: str) -> dict:
+    """`dt-eva sweep ... --launcher slurm` as a child process's command and environment. In the pytest-xdist
+    worker itself, a Slurm sweep sometimes left pytest's own stderr capture file closed, failing every later
+    test of that worker (seen 2 times in 4 full runs, never when run alone); a child process keeps the
+    worker out of it."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    return {"args": [sys.executable, "-m", "dt_eva.cli", "sweep", *args, *SLURM], "env": env}
 
 
 def sweep_on_slurm(ws: Path, *args: str) -> subprocess.CompletedProcess:
-    """`dt-eva sweep ... --launcher slurm` in its own process. In the pytest-xdist worker itself, a Slurm
-    sweep sometimes left pytest's own stderr capture file closed, failing every later test of that worker
-    (seen 2 times in 4 full runs, never when run alone); a child process keeps the worker out of it."""
-    env = child_env()
-    return subprocess.run([sys.executable, "-m", "dt_eva.cli", "sweep", *args, *SLURM], cwd=ws, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(**slurm_sweep(*args), cwd=ws, capture_output=True, text=True, timeout=600)
 
 
 def test_a_slurm_sweep_gives_the_rows_of_local_processes_and_shows_queued_running_done(ws):
@@ -88,10 +88,8 @@ def test_cancelled_killed_and_requeued_jobs_continue_from_their_checkpoints(ws):
     fixed = {**TINY, "train": {**TINY["train"], "steps": 800, "log_every": 20, "ckpt_every": 20}}
     sweep = write_sweep(ws / "s.yaml", fixed=fixed, grid={"seed": [0, 1, 2]})
     runs = ws / "sweeps/t/runs"
-    env = child_env()
     with open(ws / "sweep.log", "wb") as log:  # two CPUs: seed=0 and seed=1 run, seed=2 waits
-        proc = subprocess.Popen([sys.executable, "-m", "dt_eva.cli", "sweep", str(sweep), *SLURM, "--no-progress"],
-                                cwd=ws, env=env, stdout=log, stderr=log)
+        proc = subprocess.Popen(**slurm_sweep(str(sweep), "--no-progress"), cwd=ws, stdout=log, stderr=log)
     try:
         _wait_for_checkpoint(runs / "seed=0", runs / "seed=1")
         subprocess.run(["scancel", _job_of("seed=0")], check=True)  # SIGTERM: it checkpoints and stops
